@@ -1,0 +1,1 @@
+"""Agents: ``Agent.act`` (call a model, validate, retry with feedback), ideators and coders."""

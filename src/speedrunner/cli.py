@@ -1,0 +1,183 @@
+"""The ``speedrunner`` command. Parses arguments, composes the config, hands objects to the loop.
+
+User mistakes (config, task files, arguments) end with a one-paragraph message and exit status 2,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from speedrunner import __version__
+from speedrunner.core.errors import UserError
+from speedrunner.core.types import Operator, Status
+from speedrunner.search.loop import Progress, ReplayMismatch
+from speedrunner.workspace.store import Node
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+STATUS_STYLE = {Status.VALID: "green", Status.INVALID: "yellow", Status.BUGGY: "red"}
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.6g}"
+
+
+def console_progress(metric: str) -> Progress:
+    def started(nid: int, op: Operator, parent: int) -> None:
+        origin = "baseline" if op is Operator.ROOT else f"{op.value} of v_{parent}"
+        console.print(f"[dim]v_{nid:<3} {origin:<18} running[/dim]")
+
+    def finished(node: Node, best: Node | None) -> None:
+        o = node.outcome
+        assert o is not None
+        origin = "baseline" if node.parent is None else f"{node.operator.value} of v_{node.parent}"
+        style = STATUS_STYLE[o.status]
+        value = f"{metric}={_fmt(o.metric)}" if o.metric is not None else ""
+        reason = o.reason.strip().splitlines()[0][:80] if o.reason.strip() else ""
+        best_s = f"best v_{best.id} {_fmt(best.outcome.metric)}" if best and best.outcome else "best -"
+        console.print(f"v_{node.id:<3} {origin:<18} [{style}]{o.status.value:<7}[/{style}] {value:<24} "
+                      f"{best_s:<22} [dim]{reason}[/dim]")
+
+    return Progress(node_started=started, node_finished=finished)
+
+
+def print_summary(run) -> None:
+    s = json.loads((run.run_dir / "summary.json").read_text())
+    table = Table(title=f"{s['task']}  ·  {s.get('model')}  ·  {s.get('scaffold')}  ·  seed {s.get('seed')}")
+    for col in ("node", "from", "operator", "status", s["metric"], "reason"):
+        table.add_column(col, overflow="fold")
+    for nid in sorted(run.tree):
+        n = run.tree[nid]
+        o = n.outcome
+        status = o.status.value if o else "-"
+        style = STATUS_STYLE.get(o.status, "") if o else ""
+        reason = (o.reason.strip().splitlines()[0][:60] if o and o.reason.strip() else "")
+        mark = " *" if nid == s["best_node"] else ""
+        table.add_row(f"v_{nid}{mark}", "-" if n.parent is None else f"v_{n.parent}", n.operator.value,
+                      f"[{style}]{status}[/{style}]" if style else status, _fmt(o.metric if o else None), reason)
+    console.print(table)
+    speed = f"speedup {s['speedup']:.3f}x" if s.get("speedup") else ""
+    console.print(f"baseline {s['metric']} = {_fmt(s['baseline_metric'])}; best = {_fmt(s['best_metric'])} "
+                  f"(v_{s['best_node']}) {speed}; {s['n_valid']}/{s['n_nodes']} nodes valid; "
+                  f"{s.get('llm_calls', 0)} model calls")
+    console.print(f"run folder: {run.run_dir}  (summary.json, journal.jsonl, nodes/v_N/)")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from speedrunner.runner import build, compose, default_run_dir, save_config
+
+    overrides = list(args.overrides)
+    cfg = compose(overrides)
+    if cfg.model.get("path") and cfg.model.path != "???":
+        cfg.model.path = str(Path(str(cfg.model.path)).expanduser().resolve())
+    if args.cfg:
+        from omegaconf import OmegaConf
+
+        console.print(OmegaConf.to_yaml(cfg), markup=False)
+        return 0
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+    if (run_dir / "journal.jsonl").exists():
+        raise UserError(f"{run_dir} already holds a run; use 'speedrunner resume {run_dir}' or another run_dir")
+    run = build(cfg, run_dir)
+    run.progress = console_progress(run.task.metric.name)
+    save_config(cfg, run_dir, overrides)
+    console.print(f"[bold]speedrunner[/bold] {run.task.id} · model {cfg.model.name} · scaffold {cfg.scaffold.name} "
+                  f"· {run.budget.max_nodes} nodes · run folder {run_dir}")
+    run.run()
+    print_summary(run)
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from speedrunner.runner import build, load_run_config, save_config
+
+    run_dir = Path(args.run_dir)
+    cfg, extra = load_run_config(run_dir, list(args.overrides))
+    run = build(cfg, run_dir)
+    run.progress = console_progress(run.task.metric.name)
+    if extra:
+        save_config(cfg, run_dir, json.loads((run_dir / "overrides.json").read_text()) + extra)
+    console.print(f"[bold]speedrunner[/bold] resuming {run_dir}")
+    run.run()
+    print_summary(run)
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from speedrunner.tasks.registry import list_tasks
+    from speedrunner.tasks.spec import read_spec
+
+    table = Table(title="tasks")
+    for col in ("id", "metric", "sizes", "description"):
+        table.add_column(col, overflow="fold")
+    for tid, path in list_tasks(args.task_paths).items():
+        try:
+            raw = read_spec(path)
+            desc = str(raw.get("description", "")).strip().splitlines()[0][:70]
+            metric = f"{raw.get('metric', {}).get('name', '?')} ({raw.get('metric', {}).get('direction', 'minimize')})"
+            sizes = ",".join(raw.get("sizes", {}) or []) or "-"
+        except UserError as e:
+            desc, metric, sizes = f"[red]{e}[/red]", "?", "?"
+        table.add_row(tid, metric, sizes, desc)
+    console.print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="speedrunner", description="LLM research agents on the NanoGPT speedrun.")
+    p.add_argument("--version", action="version", version=f"speedrunner {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a search: speedrunner run task=collatz model=oracle scaffold=aide")
+    r.add_argument("--cfg", action="store_true", help="print the resolved config and exit")
+    r.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. scaffold=aide budget.max_nodes=8")
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("resume", help="continue a run where it stopped: speedrunner resume RUN_DIR [budget.*=...]")
+    s.add_argument("run_dir")
+    s.add_argument("overrides", nargs="*", help="only budget.* may change, e.g. budget.max_nodes=30")
+    s.set_defaults(func=cmd_resume)
+
+    t = sub.add_parser("tasks", help="list the tasks speedrunner knows")
+    t.add_argument("--task-paths", nargs="*", default=[], help="extra folders to search for task.yaml files")
+    t.set_defaults(func=cmd_tasks)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; 'speedrunner resume RUN_DIR' continues the run")
+        return 130
+    except (UserError, ReplayMismatch) as e:
+        err_console.print("[red]error:[/red] " + escape(str(e)))
+        return 2
+    except Exception as e:  # Hydra / OmegaConf user errors carry their own lists of choices
+        if _is_config_error(e):
+            err_console.print("[red]config error:[/red] " + escape(str(e)))
+            return 2
+        raise
+
+
+def _is_config_error(e: Exception) -> bool:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return isinstance(e, (HydraException, OmegaConfBaseException))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The few dataclasses and protocols every layer shares."""

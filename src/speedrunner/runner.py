@@ -1,0 +1,160 @@
+"""Build a run from a composed config: the only place that knows every layer.
+
+``compose(overrides)`` gives the resolved config (Hydra, from the package's ``conf/``);
+``build(cfg, run_dir)`` turns it into a :class:`SearchRun`; ``config_hash`` identifies a run so that a
+resume can prove it is the same run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
+
+from speedrunner.agents.coders import CODERS
+from speedrunner.agents.ideators import IDEATORS
+from speedrunner.agents.prompts import system_prompt
+from speedrunner.core.errors import ConfigMismatch, UserError
+from speedrunner.core.registry import resolve
+from speedrunner.core.types import Model
+from speedrunner.execution.local import LocalExecutor
+from speedrunner.llm.offline import NullModel, ScriptedModel
+from speedrunner.llm.oracle import OracleModel
+from speedrunner.search.loop import Budget, Progress, SearchRun
+from speedrunner.search.policy import GreedyPolicy
+from speedrunner.tasks.knowledge import format_hints, select_hints
+from speedrunner.tasks.registry import get_task
+from speedrunner.tasks.spec import Task
+from speedrunner.workspace.fsutil import atomic_write_text
+
+# Keys left out of the config hash: where the run lives and how much it may still spend can change
+# on resume; everything that shapes the search cannot.
+UNHASHED = ("run_dir", "budget")
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="speedrunner.conf", version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def config_hash(cfg: DictConfig | dict[str, Any]) -> str:
+    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    data = {k: v for k, v in data.items() if k not in UNHASHED}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def default_run_dir(cfg: DictConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    task = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(cfg.task.id))
+    return Path("runs") / f"{stamp}_{task}_{cfg.model.name}_{cfg.scaffold.name}_s{cfg.seed}"
+
+
+def prepare_data(name: str) -> Path:
+    try:
+        mod = importlib.import_module(f"speedrunner.data.{name}")
+    except ImportError:
+        raise UserError(f"the task needs data set {name!r}, which speedrunner does not know") from None
+    return Path(mod.prepare())
+
+
+def load_task_from(cfg: DictConfig) -> Task:
+    task = get_task(str(cfg.task.id), cfg.task.get("size"), list(cfg.task_paths))
+    if task.data:
+        data_dir = prepare_data(task.data)
+        task = get_task(str(cfg.task.id), cfg.task.get("size"), list(cfg.task_paths), data_dir=data_dir)
+    return task
+
+
+def build_model(mcfg: DictConfig, task: Task, coder_cls: type) -> Model:
+    name = str(mcfg.name)
+    if mcfg.get("cls"):
+        cls = resolve("model", mcfg, {})
+        return cls(**{k: v for k, v in OmegaConf.to_container(mcfg).items() if k not in ("cls",)})
+    if name == "null":
+        return NullModel()
+    if name == "oracle":
+        return OracleModel(task, coder_cls)
+    if name == "scripted":
+        return ScriptedModel(mcfg.path, on_exhausted=mcfg.get("on_exhausted", "repeat_last"))
+    raise UserError(f"model.name: unknown model {name!r}; offline models are null, oracle and scripted")
+
+
+def build(cfg: DictConfig, run_dir: Path, progress: Progress | None = None) -> SearchRun:
+    task = load_task_from(cfg)
+    coder_cls = resolve("coder", cfg.coder, CODERS)
+    ideator_cls = resolve("ideator", cfg.ideator, IDEATORS)
+    model = build_model(cfg.model, task, coder_cls)
+    levels = [int(x) for x in cfg.hints]
+    hints = select_hints(task.hints_dir, levels, [str(g) for g in cfg.knowledge_src_paths])
+    sc = cfg.scaffold
+    try:
+        policy = GreedyPolicy(n_initial=int(sc.n_initial), n_branch=int(sc.n_branch),
+                              debug_prob=float(sc.debug_prob), max_bug_depth=int(sc.max_bug_depth),
+                              seed=int(cfg.seed), direction=task.metric.direction)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    ideator_kwargs = {"max_retries": int(cfg.ideator.max_retries)} if "max_retries" in cfg.ideator else {}
+    ex = cfg.executor
+    executor = LocalExecutor(timeout_s=ex.get("timeout_s"), threads=int(ex.get("threads", 1)),
+                             max_log_bytes=int(ex.get("max_log_bytes", 64 << 20)))
+    if int(cfg.budget.max_nodes) < 0:
+        raise UserError("budget.max_nodes must be 0 or more")
+    return SearchRun(
+        run_dir=run_dir, task=task, policy=policy, coder=coder_cls(), ideator=ideator_cls(**ideator_kwargs),
+        models={"ideator": model, "coder": model}, system_prompt=system_prompt(task), executor=executor,
+        budget=Budget(max_nodes=int(cfg.budget.max_nodes)),
+        info={"scaffold": str(sc.name), "model": str(cfg.model.name), "coder": str(cfg.coder.name),
+              "ideator": str(cfg.ideator.name), "hints": levels, "seed": int(cfg.seed),
+              "config_hash": config_hash(cfg)},
+        hints_text=format_hints(hints), coder_retries=int(cfg.coder.get("max_retries", 2)),
+        progress=progress or Progress(),
+    )
+
+
+def save_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    body = OmegaConf.to_yaml(cfg, resolve=True)
+    head = (f"# speedrunner run configuration (resolved)\n# config_hash: {config_hash(cfg)}\n"
+            f"# overrides: {json.dumps(overrides)}\n# python: {sys.version.split()[0]}\n")
+    atomic_write_text(run_dir / "config.yaml", head + body)
+    atomic_write_text(run_dir / "overrides.json", json.dumps(overrides) + "\n")
+
+
+def load_run_config(run_dir: Path, extra: list[str]) -> tuple[DictConfig, list[str]]:
+    """The config a run started with, plus resume overrides (only budget.* and run_dir may change)."""
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise UserError(f"{run_dir}: not a run folder (no config.yaml); give the folder a run was written to")
+    for o in extra:
+        key = o.lstrip("+~").split("=", 1)[0]
+        if not key.startswith("budget."):
+            raise UserError(f"resume: only budget.* may be changed when resuming, not {key!r}; "
+                            "start a new run to change anything else")
+    stored = OmegaConf.load(cfg_path)
+    want = _hash_line(cfg_path)
+    cfg = OmegaConf.merge(stored, OmegaConf.from_dotlist([o.lstrip("+") for o in extra]))
+    got = config_hash(cfg)
+    if want and got != want:
+        raise ConfigMismatch(f"{cfg_path}: config hash {got} does not match the run's {want}; "
+                             "the file was edited after the run started")
+    return cfg, extra
+
+
+def _hash_line(path: Path) -> str | None:
+    for line in path.read_text().splitlines()[:5]:
+        if line.startswith("# config_hash:"):
+            return line.split(":", 1)[1].strip()
+    return None

@@ -1,0 +1,1 @@
+"""Deterministic scoring: node outcomes from logs, speedups, FSR."""

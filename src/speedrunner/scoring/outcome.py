@@ -1,0 +1,55 @@
+"""Turn an execution into an Outcome: status, metrics, validity and the reason, all from the log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from speedrunner.core.types import ExecResult, Outcome, Status
+from speedrunner.tasks.metrics import parse_metrics
+from speedrunner.tasks.spec import Task
+
+TAIL_LINES = 12
+
+
+def read_log(path: str | Path, limit: int = 8 * 1024 * 1024) -> str:
+    """The log's text; for a huge log, its last ``limit`` bytes (the metric lines are at the end)."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except FileNotFoundError:
+        return ""
+    with open(p, "rb") as f:
+        if size > limit:
+            f.seek(size - limit)
+        return f.read().decode("utf-8", errors="replace")
+
+
+def tail(text: str, n: int = TAIL_LINES) -> str:
+    return "\n".join(text.rstrip().splitlines()[-n:])
+
+
+def score(task: Task, ex: ExecResult, changed_files: list[str] | None = None) -> Outcome:
+    logs = {"stdout": read_log(ex.stdout_path), "stderr": read_log(ex.stderr_path)}
+    metrics = parse_metrics(task.parsers, logs)
+    metrics["wall_s"] = round(ex.wall_s, 4)
+    if ex.exit_code is not None:
+        metrics["exit_code"] = float(ex.exit_code)
+    primary = metrics.get(task.metric.name)
+    base = dict(metrics=metrics, metric=primary, exit_code=ex.exit_code, wall_s=round(ex.wall_s, 4))
+
+    def buggy(reason: str) -> Outcome:
+        return Outcome(status=Status.BUGGY, valid=False, reason=reason, **base)
+
+    if ex.killed_reason:
+        return buggy(f"{ex.killed_reason}; last lines:\n{tail(logs['stderr'] or logs['stdout'])}")
+    if ex.exit_code != 0:
+        return buggy(f"exit code {ex.exit_code}; last lines:\n{tail(logs['stderr'] or logs['stdout'])}")
+    if changed_files:
+        return Outcome(status=Status.INVALID, valid=False,
+                       reason=f"the run modified files it must not: {', '.join(changed_files)}", **base)
+    if primary is None:
+        return buggy(f"no {task.metric.name} found in the log; last lines:\n{tail(logs['stdout'])}")
+    failures = [r for c in task.conditions if (r := c.check(metrics))]
+    if failures:
+        return Outcome(status=Status.INVALID, valid=False, reason="; ".join(failures), **base)
+    return Outcome(status=Status.VALID, valid=True, reason="", **base)

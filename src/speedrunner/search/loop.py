@@ -1,0 +1,302 @@
+"""The scientist loop: pick a node to expand, ideate, code, run, score, record; until the budget ends.
+
+Resume is replay: the loop starts from step 0 again, and every node the policy asks for that already
+has a result is taken from disk instead of being made and run again. The policy sees the tree as it
+was at each step, so it takes the same decisions; a node that was cut off before its result was
+written is discarded and made again.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from speedrunner.agents.agent import Agent, Invalid
+from speedrunner.agents.coders.base import Coder, EditError, EditResult
+from speedrunner.agents.ideators.base import IdeaContext, Ideator
+from speedrunner.agents.listing import render_files
+from speedrunner.agents.prompts import history, job_text
+from speedrunner.core.types import Model, Operator, Outcome, Status
+from speedrunner.execution.local import LocalExecutor
+from speedrunner.scoring.outcome import score
+from speedrunner.search.policy import GreedyPolicy
+from speedrunner.tasks.spec import Task
+from speedrunner.workspace.fsutil import atomic_write_json
+from speedrunner.workspace.journal import Journal, read_events
+from speedrunner.workspace.store import Node, NodeStore, matches
+
+CODER_PROMPT = """\
+# Your job
+{job}
+
+{idea}# Recent attempts
+{history}
+
+# Current code ({node})
+{files}
+
+{instructions}"""
+
+
+class ReplayMismatch(RuntimeError):
+    pass
+
+
+@dataclass
+class Budget:
+    max_nodes: int = 20
+
+
+@dataclass
+class Progress:
+    """Callbacks for live output; the CLI plugs a console printer in."""
+
+    node_started: Callable[[int, Operator, int], None] = lambda nid, op, parent: None
+    node_finished: Callable[[Node, Node | None], None] = lambda node, best: None
+
+
+@dataclass
+class SearchRun:
+    run_dir: Path
+    task: Task
+    policy: GreedyPolicy
+    coder: Coder
+    ideator: Ideator
+    models: dict[str, Model]
+    system_prompt: str
+    executor: LocalExecutor
+    budget: Budget
+    info: dict[str, Any] = field(default_factory=dict)  # task/scaffold/model names for summary.json
+    hints_text: str = ""
+    coder_retries: int = 2
+    progress: Progress = field(default_factory=Progress)
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir)
+        self.store = NodeStore(self.run_dir)
+        self.journal = Journal(self.run_dir / "journal.jsonl")
+        self.tree: dict[int, Node] = {}
+        self._current: int | None = None
+        self._transcript: list[dict[str, Any]] = []
+        self.started = time.time()
+        self.spend = {"llm_calls": 0, "tokens_in": 0, "tokens_out": 0, "usd": 0.0}
+
+    # ------------------------------------------------------------------ setup / resume
+    def _restore(self) -> None:
+        events = read_events(self.journal.path)
+        tree = self.store.load_all()
+        for nid in sorted(tree):
+            if tree[nid].outcome is None and nid != 0:
+                self.store.discard(nid)
+                self.journal.write("node_discarded", node=nid, reason="interrupted before its result was written")
+                del tree[nid]
+        for n in tree.values():  # children of discarded nodes are gone too
+            n.children = [c for c in n.children if c in tree]
+        self.tree = tree
+        kept = set(tree)
+        calls: dict[int, int] = {}
+        for e in events:
+            if e.get("event") != "llm_call":
+                continue
+            self._count(e)  # spend counts every call made, kept or not: it was paid for
+            if e.get("node") in kept and e.get("model_index") is not None:
+                calls[e["model_index"]] = calls.get(e["model_index"], 0) + 1
+        for i, model in enumerate(self._unique_models()):
+            if calls.get(i) and hasattr(model, "skip"):
+                model.skip(calls[i])
+
+    def _count(self, rec: dict[str, Any]) -> None:
+        self.spend["llm_calls"] += 1
+        self.spend["tokens_in"] += int(rec.get("tokens_in", 0) or 0)
+        self.spend["tokens_out"] += int(rec.get("tokens_out", 0) or 0)
+        self.spend["usd"] += float(rec.get("usd", 0.0) or 0.0)
+
+    def _unique_models(self) -> list[Model]:
+        seen: list[Model] = []
+        for m in self.models.values():
+            if all(m is not s for s in seen):
+                seen.append(m)
+        return seen
+
+    def _model_index(self, role: str) -> int:
+        m = self.models[role]
+        return next(i for i, s in enumerate(self._unique_models()) if s is m)
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> dict[str, Any]:
+        resumed = (self.run_dir / "journal.jsonl").stat().st_size > 0 if (self.run_dir / "journal.jsonl").exists() else False
+        self._restore()
+        self.journal.write("run_resumed" if resumed else "run_started", task=self.task.id, info=self.info,
+                           max_nodes=self.budget.max_nodes)
+        if 0 not in self.tree:
+            root = self.store.create_root(self.task.template_dir)
+            self.tree[0] = root
+            self.journal.write("node_created", node=0, parent=None, operator="root", files=len(root.files))
+        if self.tree[0].outcome is None:
+            self.progress.node_started(0, Operator.ROOT, -1)
+            self._execute(self.tree[0])
+        next_id = 1
+        while next_id <= self.budget.max_nodes:
+            view = self._view(next_id)
+            exp = self.policy.next(view)
+            n = min(exp.count, self.budget.max_nodes - next_id + 1)
+            created = []
+            for _ in range(n):
+                nid = next_id
+                next_id += 1
+                if nid in self.tree:
+                    have = self.tree[nid]
+                    if have.parent != exp.parent or have.operator is not exp.operator:
+                        raise ReplayMismatch(
+                            f"{self.run_dir}: node v_{nid} on disk is a {have.operator.value} of v_{have.parent}, but "
+                            f"the policy now asks for a {exp.operator.value} of v_{exp.parent}; the run folder does "
+                            "not belong to this configuration")
+                else:
+                    self._make_node(nid, exp.parent, exp.operator, view)
+                created.append(nid)
+            self.policy.observe(created)
+        summary = self.write_summary(status="finished", stop_reason="max_nodes")
+        self.journal.write("run_finished", stop_reason="max_nodes", best_node=summary["best_node"],
+                           best_metric=summary["best_metric"])
+        self.journal.close()
+        return summary
+
+    def _view(self, upto: int) -> dict[int, Node]:
+        """The tree as it stood before node ``upto`` was made (children filtered accordingly)."""
+        view = {}
+        for i, n in self.tree.items():
+            if i < upto:
+                c = copy.copy(n)
+                c.children = [k for k in n.children if k < upto]
+                view[i] = c
+        return view
+
+    # ------------------------------------------------------------------ one node
+    def _on_call(self, rec: dict[str, Any]) -> None:
+        role = rec.get("role", "coder")
+        rec = {k: v for k, v in rec.items() if k != "reasoning"} | ({"has_reasoning": True} if "reasoning" in rec else {})
+        self._count(rec)
+        self.journal.write("llm_call", node=self._current, model_index=self._model_index(role), **rec)
+
+    def _agent(self, role: str) -> Agent:
+        return Agent(self.models[role], self.system_prompt, role, on_call=self._on_call)
+
+    def _make_node(self, nid: int, parent_id: int, op: Operator, view: dict[int, Node]) -> None:
+        parent = self.tree[parent_id]
+        self._current = nid
+        self._transcript = []
+        self.progress.node_started(nid, op, parent_id)
+        self.journal.write("node_started", node=nid, parent=parent_id, operator=op.value)
+        files = self.store.read_text_files(parent, self.task.editable)
+        files = {p: t for p, t in files.items() if not matches(p, self.task.protected)}
+        hist = history(list(view.values()), self.task)
+        summary, hypothesis, idea_text, error = "", "", "", None
+        if op is not Operator.DEBUG:
+            agent = self._agent("ideator") if self.ideator.uses_model else None
+            idea = self.ideator.propose(IdeaContext(self.task, op, parent, files, hist, self.hints_text), agent)
+            if idea is None:
+                error = f"the ideator gave no usable idea: {getattr(self.ideator, 'last_error', '')}"
+            else:
+                summary, hypothesis, idea_text = idea.summary, idea.hypothesis, idea.text
+        edits: dict[str, str | None] = {}
+        if error is None:
+            result, error = self._code(op, parent, files, hist, idea_text)
+            if result is not None:
+                if result.no_change:
+                    error = "no change: the coder proposed no edit"
+                edits = result.edits
+        node = self.store.create_child(parent, nid, op, edits, hypothesis=hypothesis, summary=summary,
+                                       coder_error=error)
+        self.tree[nid] = node
+        atomic_write_json(self.store.path(nid) / "transcript.json", self._transcript)
+        self.journal.write("node_created", node=nid, parent=parent_id, operator=op.value,
+                           edited=sorted(edits), coder_error=error)
+        if error is not None:
+            outcome = Outcome(status=Status.BUGGY, valid=False, reason=error)
+            self._finish(node, outcome)
+        else:
+            self._execute(node)
+
+    def _code(self, op: Operator, parent: Node, files: dict[str, str], hist: str,
+              idea_text: str) -> tuple[EditResult | None, str | None]:
+        prompt = CODER_PROMPT.format(
+            job=job_text(self.task, op, parent),
+            idea=f"# Idea\n{idea_text}\n\n" if idea_text else "",
+            history=hist or "(none yet)", node=parent.name, files=render_files(files),
+            instructions=self.coder.instructions())
+
+        def validate(text: str) -> EditResult:
+            try:
+                return self.coder.apply(text, files, self.task.protected)
+            except EditError as e:
+                raise Invalid(str(e)) from None
+
+        res = self._agent("coder").act(prompt, validate, max_retries=self.coder_retries)
+        self._transcript.append({"role": "coder", "ok": res.ok, "attempts": res.attempts, "messages": res.transcript})
+        if not res.ok:
+            return None, f"the coder's edits could not be applied after {res.attempts} attempt(s): {res.error}"
+        return res.value, None
+
+    def _execute(self, node: Node) -> None:
+        ndir = self.store.path(node.id)
+        self.journal.write("exec_started", node=node.id, command=self.task.command)
+        ex = self.executor.run(self.task.command, cwd=self.store.workspace(node.id), out_dir=ndir,
+                               timeout_s=self.task.timeout_s, env=self.task.env)
+        self.journal.write("exec_finished", node=node.id, exit_code=ex.exit_code, wall_s=round(ex.wall_s, 4),
+                           timed_out=ex.timed_out, killed_reason=ex.killed_reason)
+        outcome = score(self.task, ex, self.store.files_changed(node))
+        outcome.timings["exec_s"] = round(ex.wall_s, 4)
+        self._finish(node, outcome)
+
+    def _finish(self, node: Node, outcome: Outcome) -> None:
+        self.store.write_result(node, outcome)
+        self.journal.write("node_finished", node=node.id, status=outcome.status.value, valid=outcome.valid,
+                           metric=outcome.metric, metrics=outcome.metrics, reason=outcome.reason[:2000])
+        summary = self.write_summary(status="running")
+        best = self.tree.get(summary["best_node"]) if summary["best_node"] is not None else None
+        self.progress.node_finished(node, best)
+
+    # ------------------------------------------------------------------ summary
+    def best_node(self) -> Node | None:
+        return self.policy.best_of(list(self.tree.values()))
+
+    def write_summary(self, status: str, stop_reason: str | None = None) -> dict[str, Any]:
+        root = self.tree.get(0)
+        base = root.outcome.metric if root and root.outcome and root.outcome.valid else None
+        best = self.best_node()
+        best_metric = best.outcome.metric if best and best.outcome else None
+        speedup = None
+        if self.task.metric.kind == "time" and base and best_metric:
+            speedup = base / best_metric if self.task.metric.direction == "minimize" else best_metric / base
+        agent_nodes = [n for n in self.tree.values() if n.id != 0]
+        s = {
+            "schema": 1,
+            "status": status,
+            "stop_reason": stop_reason,
+            "task": self.task.id,
+            "size": self.task.size,
+            **self.info,
+            "metric": self.task.metric.name,
+            "direction": self.task.metric.direction,
+            "n_nodes": len(agent_nodes),
+            "n_valid": sum(1 for n in agent_nodes if n.outcome and n.outcome.valid),
+            "n_buggy": sum(1 for n in agent_nodes if n.outcome and n.outcome.status is Status.BUGGY),
+            "baseline_metric": base,
+            "best_metric": best_metric,
+            "best_node": best.id if best else None,
+            "speedup": speedup,
+            "wall_s": round(time.time() - self.started, 2),
+            **self.spend,
+            "usd": round(self.spend["usd"], 6),
+        }
+        atomic_write_json(self.run_dir / "summary.json", s)
+        return s
+
+
+def load_summary(run_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / "summary.json").read_text())

@@ -1,0 +1,100 @@
+"""The greedy search policy of the benchmark; flat, tree, forest, aide and multi_aide are its presets.
+
+Step 0 drafts ``n_initial`` children of the root. Every later step draws one number from the seeded
+RNG: below ``debug_prob`` it debugs a random buggy leaf whose ``bug_depth`` is at most
+``max_bug_depth`` (one child); otherwise (or when no leaf qualifies) it improves the best valid node
+among the root, the previous best and the newest children, with ``n_branch`` children; ties go to the
+newest node. With ``n_branch: 0`` (flat, best-of-N) every step drafts again from the root.
+
+The policy sees only finished outcomes, so the same config and the same outcomes give the same
+decisions: a resumed run replays the steps it already took and continues.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from speedrunner.core.types import Operator, Status
+from speedrunner.workspace.store import Node
+
+
+@dataclass(frozen=True)
+class Expansion:
+    parent: int
+    operator: Operator
+    count: int
+
+
+@dataclass
+class GreedyPolicy:
+    n_initial: int
+    n_branch: int
+    debug_prob: float
+    max_bug_depth: int
+    seed: int = 0
+    direction: str = "minimize"
+    rng: random.Random = field(init=False)
+    step: int = field(default=0, init=False)
+    prev_best: int | None = field(default=None, init=False)
+    newest: list[int] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        if self.n_initial < 1:
+            raise ValueError("scaffold.n_initial must be at least 1")
+        if not 0.0 <= self.debug_prob <= 1.0:
+            raise ValueError("scaffold.debug_prob must lie in [0, 1]")
+        self.rng = random.Random(self.seed)
+
+    def _better(self, a: Node, b: Node) -> bool:
+        """a beats b: strictly better metric, or equal metric and newer."""
+        assert a.outcome and b.outcome and a.outcome.metric is not None and b.outcome.metric is not None
+        x, y = a.outcome.metric, b.outcome.metric
+        if x == y:
+            return a.id > b.id
+        return x < y if self.direction == "minimize" else x > y
+
+    def best_of(self, nodes: list[Node]) -> Node | None:
+        best = None
+        for n in nodes:
+            if n.outcome is None or n.outcome.status is not Status.VALID or n.outcome.metric is None:
+                continue
+            if best is None or self._better(n, best):
+                best = n
+        return best
+
+    def debug_candidates(self, tree: dict[int, Node]) -> list[int]:
+        return sorted(
+            n.id for n in tree.values()
+            if n.outcome is not None and n.outcome.status is Status.BUGGY and not n.children
+            and n.bug_depth <= self.max_bug_depth and n.parent is not None
+        )
+
+    def next(self, tree: dict[int, Node]) -> Expansion:
+        """The next expansion given the finished tree. Call :meth:`observe` with the ids it created."""
+        step = self.step
+        self.step += 1
+        if step == 0:
+            return Expansion(0, Operator.DRAFT, self.n_initial)
+        if self.n_branch == 0:
+            return Expansion(0, Operator.DRAFT, self.n_initial)
+        draw = self.rng.random()
+        if draw < self.debug_prob:
+            candidates = self.debug_candidates(tree)
+            if candidates:
+                return Expansion(self.rng.choice(candidates), Operator.DEBUG, 1)
+        pool = [tree[0]]
+        if self.prev_best is not None:
+            pool.append(tree[self.prev_best])
+        pool += [tree[i] for i in self.newest]
+        best = self.best_of(pool)
+        if best is None:  # nothing valid yet: keep improving from the root
+            best = tree[0]
+        self.prev_best = best.id
+        return Expansion(best.id, Operator.IMPROVE, self.n_branch)
+
+    def observe(self, created: list[int]) -> None:
+        self.newest = list(created)
+
+    def state(self) -> dict:
+        return {"step": self.step, "prev_best": self.prev_best, "newest": self.newest}

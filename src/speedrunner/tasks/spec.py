@@ -1,0 +1,289 @@
+"""The task.yaml schema and its loader.
+
+A task is data: a ``task.yaml`` plus a template folder. ``extends:`` lets a family of tasks (a ladder)
+share one base file. Every mistake in a task file is reported as ``<file>: field '<a.b>': <what is
+expected>``; nothing here raises a bare traceback at a user.
+"""
+
+from __future__ import annotations
+
+import string
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from speedrunner.core.errors import TaskError
+from speedrunner.tasks.metrics import Condition, Parser, compile_pattern
+
+TASK_FILE = "task.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MetricSpec(_Strict):
+    name: str = Field(description="the primary metric, a named group of a parser (or 'wall_s')")
+    direction: Literal["minimize", "maximize"] = "minimize"
+    kind: Literal["time", "loss", "score", "other"] = "other"
+    unit: str = ""
+
+
+class ParserSpec(_Strict):
+    pattern: str
+    match: Literal["last", "first"] = "last"
+    source: Literal["stdout", "stderr"] = "stdout"
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        try:
+            compile_pattern(v)
+        except Exception as e:  # re.error or our own ValueError
+            raise ValueError(f"invalid regular expression: {e}") from None
+        return v
+
+
+class SizeSpec(_Strict):
+    vars: dict[str, Any] = Field(default_factory=dict)
+    timeout_s: float | None = None
+    description: str = ""
+
+
+class TaskSpec(_Strict):
+    name: str
+    description: str
+    rules: str = ""
+    template: str = "template"
+    command: list[str]
+    timeout_s: float = 600.0
+    env: dict[str, str] = Field(default_factory=dict)
+    metric: MetricSpec
+    parsers: list[ParserSpec] = Field(default_factory=list)
+    valid_if: list[str] = Field(default_factory=lambda: ["exit_code == 0"])
+    protected: list[str] = Field(default_factory=list)
+    editable: list[str] = Field(default_factory=lambda: ["**/*.py"])
+    hints: str | None = None
+    reference: str | None = None
+    data: str | None = None
+    vars: dict[str, Any] = Field(default_factory=dict)
+    sizes: dict[str, SizeSpec] = Field(default_factory=dict)
+    default_size: str | None = None
+    next_record: str | None = None
+    record: int | None = None
+    suite: str | None = None
+
+    @field_validator("command")
+    @classmethod
+    def _nonempty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("must list the program and its arguments, e.g. ['{python}', 'solve.py']")
+        return v
+
+    @field_validator("valid_if")
+    @classmethod
+    def _conditions(cls, v: list[str]) -> list[str]:
+        for text in v:
+            if "{" in text:
+                continue  # checked after placeholders are filled
+            Condition.parse(text)
+        return v
+
+
+@dataclass
+class Task:
+    """A loaded task with placeholders filled for one size. Paths are absolute."""
+
+    id: str
+    name: str
+    root: Path
+    spec_path: Path
+    description: str
+    rules: str
+    template_dir: Path
+    command: list[str]
+    timeout_s: float
+    env: dict[str, str]
+    metric: MetricSpec
+    parsers: list[Parser]
+    conditions: list[Condition]
+    protected: list[str]
+    editable: list[str]
+    hints_dir: Path | None
+    reference_dir: Path | None
+    data: str | None
+    size: str | None
+    vars: dict[str, Any]
+    record: int | None = None
+    suite: str | None = None
+    next_record: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def better(self, a: float, b: float) -> bool:
+        """True when metric value ``a`` is strictly better than ``b``."""
+        return a < b if self.metric.direction == "minimize" else a > b
+
+    def summary_line(self) -> str:
+        return f"{self.id} ({self.metric.name}, {self.metric.direction})"
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise TaskError(f"{path}: file not found") from None
+    except yaml.YAMLError as e:
+        raise TaskError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise TaskError(f"{path}: expected a mapping of fields (name, description, command, metric, ...)")
+    return data
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_spec(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a task.yaml, following ``extends:`` (relative to the file). Path fields in a base file
+    stay relative to the file that is being loaded, which lets a ladder share one base."""
+    path = path.resolve()
+    if path in _seen:
+        raise TaskError(f"{path}: 'extends' forms a cycle: {' -> '.join(map(str, _seen + (path,)))}")
+    data = _load_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise TaskError(f"{path}: field 'extends' must be a relative path to another task file")
+    base = read_spec((path.parent / parent), _seen + (path,))
+    return _deep_merge(base, data)
+
+
+def _format_error(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid task file"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        got = e.get("input")
+        got_s = f" (got {got!r})" if e["type"] != "missing" and not isinstance(got, dict) else ""
+        lines.append(f"  field '{loc}': {e['msg']}{got_s}")
+    return "\n".join(lines)
+
+
+class _Fill(string.Formatter):
+    def __init__(self, path: Path, where: str, values: dict[str, Any]):
+        self.path, self.where, self.values = path, where, values
+
+    def get_value(self, key, args, kwargs):  # noqa: D401 - string.Formatter API
+        if key not in self.values:
+            known = ", ".join(sorted(self.values))
+            raise TaskError(f"{self.path}: field '{self.where}': unknown placeholder {{{key}}}; known: {known}")
+        return self.values[key]
+
+
+def _fill(path: Path, where: str, text: str, values: dict[str, Any]) -> str:
+    try:
+        return _Fill(path, where, values).format(text)
+    except (ValueError, IndexError) as e:
+        raise TaskError(f"{path}: field '{where}': bad placeholder in {text!r}: {e}") from None
+
+
+def load_task(spec_path: Path, task_id: str, size: str | None = None, data_dir: Path | None = None) -> Task:
+    spec_path = spec_path.resolve()
+    raw = read_spec(spec_path)
+    try:
+        spec = TaskSpec.model_validate(raw)
+    except ValidationError as e:
+        raise TaskError(_format_error(spec_path, e)) from None
+    root = spec_path.parent
+
+    size = size or spec.default_size
+    timeout = spec.timeout_s
+    values: dict[str, Any] = dict(spec.vars)
+    if spec.sizes:
+        if size not in spec.sizes:
+            raise TaskError(
+                f"{spec_path}: task {task_id} has no size {size!r}; choose one of {sorted(spec.sizes)} "
+                f"(override with task.size=...)"
+            )
+        values.update(spec.sizes[size].vars)
+        if spec.sizes[size].timeout_s:
+            timeout = spec.sizes[size].timeout_s
+    elif size not in (None, "", "default"):
+        raise TaskError(f"{spec_path}: task {task_id} has no sizes; drop the task.size override")
+    values.update(
+        python=sys.executable,
+        size=size or "",
+        data_dir=str(data_dir) if data_dir else "",
+        record=spec.record if spec.record is not None else "",
+        next_record=(spec.record + 1) if spec.record is not None else "",
+    )
+
+    def rel(p: str | None, where: str, must_exist: bool = True) -> Path | None:
+        if p is None:
+            return None
+        p = _fill(spec_path, where, p, values)
+        q = (root / p).resolve()
+        if must_exist and not q.exists():
+            raise TaskError(f"{spec_path}: field '{where}': {q} does not exist")
+        return q
+
+    template = rel(spec.template, "template")
+    assert template is not None
+    if not template.is_dir():
+        raise TaskError(f"{spec_path}: field 'template': {template} is not a folder")
+    command = [_fill(spec_path, f"command[{i}]", c, values) for i, c in enumerate(spec.command)]
+    env = {k: _fill(spec_path, f"env.{k}", v, values) for k, v in spec.env.items()}
+    conditions = []
+    for i, text in enumerate(spec.valid_if):
+        filled = _fill(spec_path, f"valid_if[{i}]", text, values)
+        try:
+            conditions.append(Condition.parse(filled))
+        except ValueError as e:
+            raise TaskError(f"{spec_path}: field 'valid_if[{i}]': {e}") from None
+    parsers = [Parser(compile_pattern(p.pattern), p.match, p.source) for p in spec.parsers]
+    produced = {name for p in parsers for name in p.pattern.groupindex} | {"exit_code", "wall_s"}
+    if spec.metric.name not in produced:
+        raise TaskError(
+            f"{spec_path}: field 'metric.name': {spec.metric.name!r} is produced by no parser; "
+            f"parsers give {sorted(produced)}"
+        )
+    for c in conditions:
+        if c.name not in produced:
+            raise TaskError(
+                f"{spec_path}: field 'valid_if': {c.name!r} is produced by no parser; parsers give {sorted(produced)}"
+            )
+    return Task(
+        id=task_id,
+        name=spec.name,
+        root=root,
+        spec_path=spec_path,
+        description=spec.description.strip(),
+        rules=spec.rules.strip(),
+        template_dir=template,
+        command=command,
+        timeout_s=float(timeout),
+        env=env,
+        metric=spec.metric,
+        parsers=parsers,
+        conditions=conditions,
+        protected=list(spec.protected),
+        editable=list(spec.editable),
+        hints_dir=rel(spec.hints, "hints"),
+        reference_dir=rel(spec.reference, "reference"),
+        data=spec.data,
+        size=size,
+        vars=values,
+        record=spec.record,
+        suite=spec.suite,
+        next_record=spec.next_record,
+    )

@@ -1,0 +1,1 @@
+"""Run folders: the append-only journal, the node store, diffs, atomic writes."""
