@@ -42,10 +42,22 @@ from speedrunner.workspace.fsutil import atomic_write_text
 UNHASHED = ("run_dir", "budget")
 
 
+GROUPS = ("task", "model", "scaffold", "coder", "ideator", "executor")
+
+
+def _quote_group_names(overrides: list[str]) -> list[str]:
+    """``model=null`` names the null model's config; Hydra's grammar would read it as None."""
+    out = []
+    for o in overrides:
+        key, eq, value = o.partition("=")
+        out.append(f"{key}='null'" if eq and key in GROUPS and value == "null" else o)
+    return out
+
+
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="speedrunner.conf", version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=list(overrides))
+        cfg = hydra_compose(config_name="config", overrides=_quote_group_names(list(overrides)))
     OmegaConf.resolve(cfg)
     return cfg
 

@@ -99,13 +99,20 @@ class SearchRun:
             n.children = [c for c in n.children if c in tree]
         self.tree = tree
         kept = set(tree)
-        calls: dict[int, int] = {}
+        # Calls of each kept node's last attempt (a node made again after a crash has earlier calls too).
+        per_node: dict[int, list[int]] = {}
         for e in events:
-            if e.get("event") != "llm_call":
-                continue
-            self._count(e)  # spend counts every call made, kept or not: it was paid for
-            if e.get("node") in kept and e.get("model_index") is not None:
-                calls[e["model_index"]] = calls.get(e["model_index"], 0) + 1
+            if e.get("event") == "node_started":
+                per_node[e["node"]] = []
+            elif e.get("event") == "llm_call":
+                self._count(e)  # spend counts every call made, kept or not: it was paid for
+                if e.get("model_index") is not None:
+                    per_node.setdefault(e.get("node"), []).append(e["model_index"])
+        calls: dict[int, int] = {}
+        for nid, indices in per_node.items():
+            if nid in kept:
+                for i in indices:
+                    calls[i] = calls.get(i, 0) + 1
         for i, model in enumerate(self._unique_models()):
             if calls.get(i) and hasattr(model, "skip"):
                 model.skip(calls[i])

@@ -1,0 +1,5 @@
+import sys
+
+from speedrunner.cli import main
+
+sys.exit(main())
