@@ -138,7 +138,7 @@ def test_aide_presets_debug_under_a_fixed_seed(tmp_path, script_file, scaffold):
     ops = Counter(op for _, op, _ in expansions)
     assert ops["debug"] >= 2 and ops["improve"] >= 2, expansions
     # a debug child always hangs under a buggy node and deepens its bug chain
-    for i, n in tree.items():
+    for _i, n in tree.items():
         if n["operator"] == "debug":
             parent = tree[n["parent"]]
             assert parent["status"] == "buggy" and n["bug_depth"] == parent["bug_depth"] + 1

@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from speedrunner.core.types import Operator, Outcome
-from speedrunner.workspace.fsutil import atomic_write_json, atomic_write_text, fsync_dir, read_json, sha256_file
+from speedrunner.workspace.fsutil import (
+    atomic_write_json,
+    atomic_write_text,
+    fsync_dir,
+    read_json,
+    sha256_file,
+)
 
 LINK_THRESHOLD = 1 << 20
 SKIP_DIRS = {"__pycache__", ".git", ".ipynb_checkpoints"}
@@ -231,7 +237,7 @@ class NodeStore:
 
     def write_result(self, node: Node, outcome: Outcome) -> None:
         node.outcome = outcome
-        atomic_write_json(self.path(node.id) / "result.json", outcome.to_json())
+        atomic_write_json(self.path(node.id) / "result.json", outcome.to_json(), durable=True)
 
     def discard(self, node_id: int) -> None:
         """Remove a node folder that never finished (a crash between creation and result)."""

@@ -207,7 +207,7 @@ def _blocks_for(path: str, old: str, new: str, context: int = 2) -> list[str]:
         replace = "\n".join(b[d1:d2])
         blocks.append((s1, s2, search, replace))
     # blocks whose regions overlap cannot be applied one after the other: fall back to one whole-file block
-    if any(later[0] < earlier[1] for earlier, later in zip(blocks, blocks[1:])):
+    if any(later[0] < earlier[1] for earlier, later in zip(blocks, blocks[1:], strict=False)):
         return [f"{path}\n<<<<<<< SEARCH\n{old.rstrip(chr(10))}\n=======\n{new.rstrip(chr(10))}\n>>>>>>> REPLACE\n"]
     return [f"{path}\n<<<<<<< SEARCH\n{search}\n=======\n{replace}\n>>>>>>> REPLACE\n"
             for _, _, search, replace in blocks]
