@@ -77,6 +77,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from speedrunner.runner import build, compose, default_run_dir, save_config
 
     overrides = list(args.overrides)
+    if args.config_dir:
+        path = Path(args.config_dir).expanduser().resolve()
+        if not path.is_dir():
+            raise UserError(f"--config-dir: {path} is not a folder")
+        overrides.insert(0, f"hydra.searchpath=[file://{path}]")
     cfg = compose(overrides)
     if cfg.model.get("path") and cfg.model.path != "???":
         cfg.model.path = str(Path(str(cfg.model.path)).expanduser().resolve())
@@ -140,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a search: speedrunner run task=collatz model=oracle scaffold=aide")
     r.add_argument("--cfg", action="store_true", help="print the resolved config and exit")
+    r.add_argument("--config-dir", help="a folder of your own config files (e.g. coder/mine.yaml) searched too")
     r.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. scaffold=aide budget.max_nodes=8")
     r.set_defaults(func=cmd_run)
 

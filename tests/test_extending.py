@@ -1,0 +1,54 @@
+"""A user adds a coder and an ideator with a Python file and a config file, no change to speedrunner."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+from conftest import read_summary, run_cli, variant
+
+
+def test_user_coder_and_ideator_from_a_config_dir(tmp_path, script_file):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "my_agents.py").write_text(textwrap.dedent('''
+        from speedrunner.agents.coders.wholefile import WholeFileCoder
+        from speedrunner.agents.ideators.base import Idea, Ideator
+
+        class ShoutingCoder(WholeFileCoder):
+            name = "shouting"
+            def instructions(self):
+                return "SHOUTING CODER. " + super().instructions()
+
+        class FixedIdeator(Ideator):
+            name = "fixed"
+            def __init__(self, idea: str = "try memoisation"):
+                self.idea = idea
+            def propose(self, ctx, agent):
+                return Idea(summary=self.idea, hypothesis="a fixed idea", text=f"Idea: {self.idea}")
+    '''))
+    conf = tmp_path / "conf"
+    (conf / "coder").mkdir(parents=True)
+    (conf / "ideator").mkdir(parents=True)
+    (conf / "coder" / "shouting.yaml").write_text("name: shouting\ncls: my_agents:ShoutingCoder\nmax_retries: 1\n")
+    (conf / "ideator" / "fixed.yaml").write_text("name: fixed\ncls: my_agents:FixedIdeator\n")
+    script = script_file([variant(500)])
+    run_dir = tmp_path / "run"
+    p = run_cli("run", "--config-dir", str(conf), "coder=shouting", "ideator=fixed", "model=scripted",
+                f"model.path={script}", "scaffold=tree", "budget.max_nodes=1", f"run_dir={run_dir}",
+                env={"PYTHONPATH": str(pkg)})
+    assert p.returncode == 0, p.stderr
+    assert read_summary(run_dir)["best_metric"] == 500
+    transcript = json.loads((run_dir / "nodes" / "v_1" / "transcript.json").read_text())
+    prompt = transcript[0]["messages"][1]["content"]
+    assert "SHOUTING CODER." in prompt and "Idea: try memoisation" in prompt
+    meta = json.loads((run_dir / "nodes" / "v_1" / "meta.json").read_text())
+    assert meta["summary"] == "try memoisation"
+
+
+def test_bad_cls_is_a_clear_error(tmp_path):
+    conf = tmp_path / "conf" / "coder"
+    conf.mkdir(parents=True)
+    (conf / "broken.yaml").write_text("name: broken\ncls: no_such_module:Nope\n")
+    p = run_cli("run", "--config-dir", str(tmp_path / "conf"), "coder=broken", f"run_dir={tmp_path / 'r'}")
+    assert p.returncode == 2 and "coder.cls" in p.stderr and "Traceback" not in p.stderr
