@@ -138,6 +138,56 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    import importlib
+
+    try:
+        mod = importlib.import_module(f"speedrunner.data.{args.name}")
+    except ImportError:
+        raise UserError(f"unknown data set {args.name!r}; known: nanogpt_mini") from None
+    if args.action == "prepare":
+        kwargs = {"force": args.force}
+        if args.out:
+            kwargs["out_dir"] = Path(args.out)
+        if args.text:
+            kwargs["text_file"] = Path(args.text)
+        path = mod.prepare(**kwargs)
+    else:
+        path = Path(args.out) if args.out else None
+        mod.check(path)
+        path = path or mod.default_dir()
+    meta = json.loads((Path(path) / "meta.json").read_text())
+    console.print(f"{args.name}: {path}")
+    for key in ("vocab_size", "tokens"):
+        if key in meta:
+            console.print(f"  {key}: {meta[key]}")
+    return 0
+
+
+def cmd_ladder(args: argparse.Namespace) -> int:
+    from speedrunner.scoring import calibration as cal
+
+    if args.action == "time":
+        available = [int(r["record"]) for r in cal.ladder_records(args.suite)]
+        records = cal.parse_records(args.records, available)
+        result = cal.time_ladder(args.suite, records, args.runs, args.size, args.threads,
+                                 progress=lambda line: console.print(line, markup=False))
+        path = cal.save_calibration(result, Path(args.out) if args.out else None)
+        console.print(cal.ladder_table(result), markup=False)
+        console.print(f"calibration written to {path}")
+        return 0
+    path = Path(args.calibration) if args.calibration else cal.calibration_path(args.suite, args.size, args.threads)
+    if not path.is_file():
+        raise UserError(f"no calibration at {path}; run 'speedrunner ladder time' first (or pass --calibration FILE)")
+    data = json.loads(path.read_text())
+    if args.action == "table":
+        console.print(cal.ladder_table(data), markup=False)
+        return 0
+    out = cal.plot_ladder(data, Path(args.out or "ladder.png"))
+    console.print(f"plot written to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="speedrunner", description="LLM research agents on the NanoGPT speedrun.")
     p.add_argument("--version", action="version", version=f"speedrunner {__version__}")
@@ -157,6 +207,25 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tasks", help="list the tasks speedrunner knows")
     t.add_argument("--task-paths", nargs="*", default=[], help="extra folders to search for task.yaml files")
     t.set_defaults(func=cmd_tasks)
+
+    d = sub.add_parser("data", help="prepare or check a data set: speedrunner data prepare nanogpt_mini")
+    d.add_argument("action", choices=["prepare", "check"])
+    d.add_argument("name", help="data set name, e.g. nanogpt_mini")
+    d.add_argument("--out", help="folder to write to / check (default: the cache)")
+    d.add_argument("--text", help="prepare from your own UTF-8 text file instead of the built-in corpus")
+    d.add_argument("--force", action="store_true", help="rebuild even if a valid cached copy exists")
+    d.set_defaults(func=cmd_data)
+
+    ld = sub.add_parser("ladder", help="calibrate a ladder on this machine: speedrunner ladder time --runs 3")
+    ld.add_argument("action", choices=["time", "plot", "table"])
+    ld.add_argument("--suite", default="nanogpt_mini")
+    ld.add_argument("--records", default="all", help="e.g. 1-10, 3, 1,4,7 (default: all)")
+    ld.add_argument("--runs", type=int, default=3, help="timed runs per record")
+    ld.add_argument("--size", default="full", help="full, demo or smoke")
+    ld.add_argument("--threads", type=int, default=1, help="threads per run (part of the machine fingerprint)")
+    ld.add_argument("--out", help="time: calibration file (default: the cache, keyed by machine); plot: PNG path")
+    ld.add_argument("--calibration", help="plot/table: a calibration file (default: this machine's)")
+    ld.set_defaults(func=cmd_ladder)
     return p
 
 

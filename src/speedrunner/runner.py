@@ -30,6 +30,7 @@ from speedrunner.core.types import Model
 from speedrunner.execution.local import LocalExecutor
 from speedrunner.llm.offline import NullModel, ScriptedModel
 from speedrunner.llm.oracle import OracleModel
+from speedrunner.scoring.fsr import fsr_for_run
 from speedrunner.search.loop import Budget, Progress, SearchRun
 from speedrunner.search.policy import GreedyPolicy
 from speedrunner.tasks.knowledge import format_hints, select_hints
@@ -110,7 +111,8 @@ def build(cfg: DictConfig, run_dir: Path, progress: Progress | None = None) -> S
     ideator_cls = resolve("ideator", cfg.ideator, IDEATORS)
     model = build_model(cfg.model, task, coder_cls)
     levels = [int(x) for x in cfg.hints]
-    hints = select_hints(task.hints_dir, levels, [str(g) for g in cfg.knowledge_src_paths])
+    reference = (task.template_dir, task.reference_dir, task.editable) if task.reference_dir else None
+    hints = select_hints(task.hints_dir, levels, [str(g) for g in cfg.knowledge_src_paths], reference)
     sc = cfg.scaffold
     try:
         policy = GreedyPolicy(n_initial=int(sc.n_initial), n_branch=int(sc.n_branch),
@@ -133,6 +135,7 @@ def build(cfg: DictConfig, run_dir: Path, progress: Progress | None = None) -> S
               "config_hash": config_hash(cfg)},
         hints_text=format_hints(hints), coder_retries=int(cfg.coder.get("max_retries", 2)),
         progress=progress or Progress(),
+        summary_hooks=[fsr_for_run],
     )
 
 

@@ -75,6 +75,8 @@ class SearchRun:
     hints_text: str = ""
     coder_retries: int = 2
     progress: Progress = field(default_factory=Progress)
+    # Called once at the end with the finished run; their dicts are merged into summary.json (FSR does this).
+    summary_hooks: list[Callable[[SearchRun], dict[str, Any] | None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
@@ -85,6 +87,7 @@ class SearchRun:
         self._transcript: list[dict[str, Any]] = []
         self.started = time.time()
         self.spend = {"llm_calls": 0, "tokens_in": 0, "tokens_out": 0, "usd": 0.0}
+        self.extra_summary: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ setup / resume
     def _restore(self) -> None:
@@ -167,6 +170,8 @@ class SearchRun:
                     self._make_node(nid, exp.parent, exp.operator, view)
                 created.append(nid)
             self.policy.observe(created)
+        for hook in self.summary_hooks:
+            self.extra_summary.update(hook(self) or {})
         summary = self.write_summary(status="finished", stop_reason="max_nodes")
         self.journal.write("run_finished", stop_reason="max_nodes", best_node=summary["best_node"],
                            best_metric=summary["best_metric"])
@@ -300,6 +305,7 @@ class SearchRun:
             "wall_s": round(time.time() - self.started, 2),
             **self.spend,
             "usd": round(self.spend["usd"], 6),
+            **self.extra_summary,
         }
         atomic_write_json(self.run_dir / "summary.json", s)
         return s

@@ -39,9 +39,34 @@ def _read(path: Path, level: int | None, kind: str) -> Hint:
     return Hint(path=path, level=level, kind=kind, text=text)
 
 
-def select_hints(hints_dir: Path | None, levels: list[int], globs: list[str]) -> list[Hint]:
-    """Hints of the given levels from the task's folder, then files matching ``globs``, in order."""
+def reference_diff(template_dir: Path, reference_dir: Path, patterns: list[str]) -> str:
+    """The level-0 hint: the unified diff from the task's template to its reference (editable files)."""
+    from speedrunner.workspace.store import is_text, matches, unified_diff
+
+    def text_files(root: Path) -> dict[str, str | None]:
+        return {p.relative_to(root).as_posix(): p.read_text(encoding="utf-8") for p in sorted(root.rglob("*"))
+                if p.is_file() and "__pycache__" not in p.parts and matches(p.relative_to(root).as_posix(), patterns)
+                and is_text(p)}
+
+    old, new = text_files(template_dir), text_files(reference_dir)
+    return unified_diff({k: old.get(k) for k in new}, dict(new))
+
+
+def select_hints(hints_dir: Path | None, levels: list[int], globs: list[str],
+                 reference: tuple[Path, Path, list[str]] | None = None) -> list[Hint]:
+    """Hints of the given levels from the task's folder, then files matching ``globs``, in order.
+
+    ``reference`` = (template dir, reference dir, editable patterns): level 0, when no level_0 file
+    exists, is then the diff between the two, generated on the spot."""
     out: list[Hint] = []
+    has_level_0_file = hints_dir is not None and hints_dir.is_dir() and any(
+        p.name.startswith("level_0_") and _LEVEL_FILE.match(p.name) for p in hints_dir.iterdir())
+    if 0 in levels and not has_level_0_file:
+        if reference is None:
+            raise UserError("hints=[0] asks for the reference diff, but this task has no reference solution")
+        diff = reference_diff(*reference)
+        out.append(Hint(path=reference[1], level=0, kind="diff", text=f"```diff\n{diff.rstrip()}\n```"))
+        levels = [lvl for lvl in levels if lvl != 0]
     if levels:
         if hints_dir is None or not hints_dir.is_dir():
             raise UserError(

@@ -1,0 +1,266 @@
+"""Calibration of a ladder on the user's machine: time every record K times, test every rung.
+
+The file is keyed by a machine fingerprint (CPU model, logical cores, threads, torch and Python
+versions), so FSR is always computed from times measured on the machine the run is on. Records run
+in interleaved rounds (1, 2, ..., N, then again) so that slow drift of the machine spreads evenly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from speedrunner.core.errors import UserError
+from speedrunner.execution.local import LocalExecutor
+from speedrunner.scoring.outcome import score
+from speedrunner.tasks.registry import BUILTIN_ROOT, list_tasks
+from speedrunner.tasks.spec import Task, load_task
+from speedrunner.workspace.fsutil import atomic_write_json, read_json
+
+SCHEMA = 1
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SPEEDRUNNER_CACHE", Path.home() / ".cache" / "speedrunner")).expanduser()
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import torch
+
+        torch_version = torch.__version__
+    except ImportError:  # pragma: no cover - torch is a dependency
+        torch_version = "none"
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "torch": torch_version,
+            "python": ".".join(map(str, sys.version_info[:2])), "system": platform.system()}
+
+
+def fingerprint(threads: int) -> str:
+    info = machine_info(threads)
+    return hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def calibration_path(suite: str, size: str | None, threads: int) -> Path:
+    return cache_root() / "calibration" / f"{suite.replace('/', '_')}_{size or 'default'}_{fingerprint(threads)}.json"
+
+
+def find_calibration(suite: str, size: str | None, threads: int) -> dict[str, Any] | None:
+    p = calibration_path(suite, size, threads)
+    if not p.is_file():
+        return None
+    data = read_json(p)
+    data["_path"] = str(p)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------- ladder
+
+
+def suite_dir(suite: str) -> Path:
+    d = BUILTIN_ROOT / suite
+    if not (d / "ladder.yaml").is_file():
+        raise UserError(f"suite {suite!r} has no ladder.yaml under {BUILTIN_ROOT}")
+    return d
+
+
+def ladder_records(suite: str) -> list[dict[str, Any]]:
+    data = yaml.safe_load((suite_dir(suite) / "ladder.yaml").read_text())
+    return list(data.get("records", []))
+
+
+def record_template(suite: str, record: int) -> Path:
+    base = suite_dir(suite) / f"record_{record}"
+    for d in (base / "template", base):
+        if (d / "train_gpt.py").is_file():
+            return d
+    raise UserError(f"{base}: no train_gpt.py for record {record} of {suite}")
+
+
+def parse_records(spec: str, available: list[int]) -> list[int]:
+    """'1-5', '3', '1,4,7', 'all' -> record numbers (checked against the ladder)."""
+    if spec in ("all", ""):
+        return available
+    out: list[int] = []
+    for part in spec.split(","):
+        a, dash, b = part.partition("-")
+        try:
+            lo, hi = int(a), int(b) if dash else int(a)
+        except ValueError:
+            raise UserError(f"--records: cannot read {spec!r}; write e.g. 1-10, 3 or 1,4,7") from None
+        out += list(range(lo, hi + 1))
+    missing = [r for r in out if r not in available]
+    if missing:
+        raise UserError(f"--records: the ladder has no record(s) {missing}; it has {available[0]}-{available[-1]}")
+    return out
+
+
+def suite_task(suite: str, size: str | None, data_dir: Path | None) -> Task:
+    """Any task of the suite: gives the log parsers, validity conditions and env for a size."""
+    tasks = {tid: p for tid, p in list_tasks().items() if tid.startswith(f"{suite}/")}
+    if not tasks:
+        raise UserError(f"suite {suite!r} has no tasks")
+    tid, path = sorted(tasks.items())[0]
+    return load_task(path, tid, size=size, data_dir=data_dir)
+
+
+def run_record_once(task: Task, template: Path, work: Path, executor: LocalExecutor,
+                    extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run one record's script under the task's contract in a scratch copy; return its metrics."""
+    shutil.rmtree(work, ignore_errors=True)
+    ws = work / "workspace"
+    shutil.copytree(template, ws, ignore=shutil.ignore_patterns("__pycache__", "task.yaml", "hints"))
+    ex = executor.run(task.command, cwd=ws, out_dir=work, timeout_s=task.timeout_s,
+                      env={**task.env, **(extra_env or {})})
+    out = score(task, ex)
+    return {**out.metrics, "valid": out.valid, "status": out.status.value, "reason": out.reason}
+
+
+def welch_less(a: list[float], b: list[float]) -> float | None:
+    """One-sided Welch t-test p-value for mean(a) < mean(b)."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy import stats
+
+    res = stats.ttest_ind(a, b, equal_var=False, alternative="less")
+    return float(res.pvalue)
+
+
+def below_target(losses: list[float], target: float) -> float | None:
+    """One-sided one-sample t-test p-value for mean(losses) < target (0 when every run is under it
+    with no spread at all)."""
+    if len(losses) < 2:
+        return None
+    if statistics.pstdev(losses) == 0:
+        return 0.0 if losses[0] < target else 1.0
+    from scipy import stats
+
+    return float(stats.ttest_1samp(losses, target, alternative="less").pvalue)
+
+
+def summarize(records: dict[str, dict[str, Any]], target: float | None, alpha: float = 0.01) -> None:
+    prev = None
+    first_mean = None
+    for key in sorted(records, key=int):
+        r = records[key]
+        times = [t for t in r["train_time_ms"] if t is not None]
+        losses = [x for x in r["val_loss"] if x is not None]
+        r["n"] = len(times)
+        r["mean_ms"] = statistics.fmean(times) if times else None
+        r["std_ms"] = statistics.stdev(times) if len(times) > 1 else 0.0
+        r["cv"] = (r["std_ms"] / r["mean_ms"]) if r["mean_ms"] else None
+        r["mean_val_loss"] = statistics.fmean(losses) if losses else None
+        r["all_valid"] = all(r["valid"]) and len(r["valid"]) > 0
+        r["p_below_target"] = below_target(losses, target) if target is not None else None
+        r["reaches_target"] = bool(r["all_valid"] and (r["p_below_target"] is None or r["p_below_target"] < alpha))
+        r["p_faster_than_prev"] = welch_less(times, prev["train_time_ms"]) if prev else None
+        r["significant"] = None if prev is None else bool(r["p_faster_than_prev"] is not None
+                                                           and r["p_faster_than_prev"] < alpha)
+        if first_mean is None:
+            first_mean = r["mean_ms"]
+        r["speedup_vs_first"] = (first_mean / r["mean_ms"]) if first_mean and r["mean_ms"] else None
+        prev = r
+
+
+def time_ladder(suite: str, records: list[int], runs: int, size: str | None, threads: int,
+                progress=print, work_dir: Path | None = None) -> dict[str, Any]:
+    from speedrunner.runner import prepare_data
+
+    first = suite_task(suite, size, None)
+    data_dir = prepare_data(first.data) if first.data else None
+    task = suite_task(suite, size, data_dir)
+    target = task.vars.get("target_val_loss")
+    names = {int(r["record"]): r for r in ladder_records(suite)}
+    executor = LocalExecutor(threads=threads)
+    work = work_dir or (cache_root() / "calibration" / "work")
+    result: dict[str, Any] = {
+        "schema": SCHEMA, "suite": suite, "size": task.size, "fingerprint": fingerprint(threads),
+        "machine": machine_info(threads), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs_per_record": runs,
+        "target_val_loss": target, "metric": task.metric.name,
+        "records": {str(r): {"name": names.get(r, {}).get("name", f"record_{r}"),
+                             "innovation": names.get(r, {}).get("innovation", ""),
+                             "train_time_ms": [], "val_loss": [], "valid": [], "reasons": []} for r in records},
+    }
+    for k in range(runs):
+        for r in records:
+            t0 = time.time()
+            res = run_record_once(task, record_template(suite, r), work / f"record_{r}", executor,
+                                  extra_env={"SPEEDRUNNER_SEED": str(1337 + k)})
+            rec = result["records"][str(r)]
+            rec["train_time_ms"].append(res.get(task.metric.name))
+            rec["val_loss"].append(res.get("val_loss"))
+            rec["valid"].append(bool(res.get("valid")))
+            rec["reasons"].append(res.get("reason", ""))
+            progress(f"run {k + 1}/{runs} record {r}: {task.metric.name}={res.get(task.metric.name)} "
+                     f"val_loss={res.get('val_loss')} {res.get('status')} ({time.time() - t0:.0f} s wall)")
+    summarize(result["records"], target)
+    return result
+
+
+def save_calibration(result: dict[str, Any], out: Path | None = None) -> Path:
+    path = out or calibration_path(result["suite"], result["size"], result["machine"]["threads"])
+    atomic_write_json(path, result, durable=True)
+    return path
+
+
+def ladder_table(cal: dict[str, Any]) -> str:
+    """Markdown table of a calibration (the figure bench/RESULTS.md reports)."""
+    lines = ["| record | innovation | mean time (s) | std (s) | CV | final val loss | p (faster than prev) | "
+             "speedup vs record 1 |", "|---|---|---|---|---|---|---|---|"]
+    for key in sorted(cal["records"], key=int):
+        r = cal["records"][key]
+
+        def f(x, fmt):
+            return "-" if x is None else format(x, fmt)
+
+        lines.append(f"| {key} | {r.get('innovation') or r.get('name')} | {f(r['mean_ms'] and r['mean_ms'] / 1000, '.2f')} | "
+                     f"{f(r['std_ms'] / 1000, '.2f')} | {f(r['cv'] and 100 * r['cv'], '.1f')}% | "
+                     f"{f(r['mean_val_loss'], '.4f')} | {f(r['p_faster_than_prev'], '.2g')} | "
+                     f"{f(r['speedup_vs_first'], '.2f')}x |")
+    return "\n".join(lines)
+
+
+def plot_ladder(cal: dict[str, Any], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted(cal["records"], key=int)
+    means = [cal["records"][k]["mean_ms"] / 1000 if cal["records"][k]["mean_ms"] else 0 for k in keys]
+    stds = [cal["records"][k]["std_ms"] / 1000 for k in keys]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    ax.bar([int(k) for k in keys], means, yerr=stds, capsize=3, color="#4c72b0")
+    for k, m in zip(keys, means, strict=True):
+        sp = cal["records"][k].get("speedup_vs_first")
+        if sp:
+            ax.annotate(f"{sp:.1f}x", (int(k), m), ha="center", va="bottom", fontsize=8)
+    ax.set_xlabel("record")
+    ax.set_ylabel("train time to target (s)")
+    ax.set_xticks([int(k) for k in keys])
+    m = cal["machine"]
+    ax.set_title(f"{cal['suite']} ({cal['size']}), target val loss {cal.get('target_val_loss')}, "
+                 f"{cal['runs_per_record']} runs each\n{m['cpu']}, {m['threads']} thread(s), torch {m['torch']}",
+                 fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
