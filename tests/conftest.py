@@ -28,6 +28,21 @@ def variant(runtime_ms: float | None, *, crash: bool = False, answer: int = 7703
 
 
 @pytest.fixture
+def fixed_collatz(tmp_path) -> list[str]:
+    """Overrides for a copy of the collatz task whose baseline prints a fixed runtime (1000 ms), so
+    that no decision of the search depends on how fast this machine runs the real template."""
+    import shutil
+
+    from speedrunner.tasks.registry import BUILTIN_ROOT
+
+    dst = tmp_path / "tasks" / "collatz_fixed"
+    shutil.copytree(BUILTIN_ROOT / "collatz", dst)
+    code = variant(1000).split("```python\n", 1)[1].rsplit("```", 1)[0]
+    (dst / "template" / "solve.py").write_text(code)
+    return [f"task_paths=[{tmp_path / 'tasks'}]", "task.id=collatz_fixed"]
+
+
+@pytest.fixture
 def script_file(tmp_path):
     def make(responses: list[str], name: str = "script.yaml") -> Path:
         p = tmp_path / name

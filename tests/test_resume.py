@@ -21,12 +21,13 @@ SCRIPT = [X, 900, X, X, 850, X, 840, X, 800, X, 790, 780]
 
 
 def _args(script: Path, run_dir: Path) -> list[str]:
-    return ["run", "scaffold=aide", "model=scripted", f"model.path={script}", "coder=wholefile",
+    tasks = script.parent / "tasks"
+    return ["run", f"task_paths=[{tasks}]", "task.id=collatz_fixed", "scaffold=aide", "model=scripted", f"model.path={script}", "coder=wholefile",
             "budget.max_nodes=12", f"run_dir={run_dir}"]
 
 
 def shape(tree):
-    return {i: (n["parent"], n["operator"], n["status"], n["metric"] if i else None) for i, n in tree.items()}
+    return {i: (n["parent"], n["operator"], n["status"], n["metric"]) for i, n in tree.items()}
 
 
 def assert_no_node_ran_twice(run_dir: Path) -> None:
@@ -41,7 +42,7 @@ def assert_no_node_ran_twice(run_dir: Path) -> None:
             raise AssertionError(f"v_{e['node']} was started again after it finished: {e}")
 
 
-def test_sigkill_at_many_points_then_resume_gives_the_same_tree(tmp_path, script_file):
+def test_sigkill_at_many_points_then_resume_gives_the_same_tree(tmp_path, script_file, fixed_collatz):
     script = script_file([variant(r, crash=r is None, tag=str(i)) for i, r in enumerate(SCRIPT)])
     ref = tmp_path / "reference"
     assert run_cli(*_args(script, ref)).returncode == 0
@@ -66,7 +67,7 @@ def test_sigkill_at_many_points_then_resume_gives_the_same_tree(tmp_path, script
     assert read_summary(run_dir)["best_node"] == read_summary(ref)["best_node"]
 
 
-def test_external_sigkill_during_a_run(tmp_path, script_file):
+def test_external_sigkill_during_a_run(tmp_path, script_file, fixed_collatz):
     """A kill from outside at an arbitrary moment (here: while nodes are running)."""
     slow = [variant(r, crash=r is None, tag=str(i)).replace("import sys", "import sys, time\ntime.sleep(0.3)")
             for i, r in enumerate(SCRIPT)]
@@ -90,7 +91,7 @@ def test_external_sigkill_during_a_run(tmp_path, script_file):
     assert_no_node_ran_twice(run_dir)
 
 
-def test_resume_with_a_raised_budget_continues(tmp_path, script_file):
+def test_resume_with_a_raised_budget_continues(tmp_path, script_file, fixed_collatz):
     script = script_file([variant(r, crash=r is None, tag=str(i)) for i, r in enumerate(SCRIPT)])
     run_dir = tmp_path / "run"
     args = _args(script, run_dir)
@@ -105,7 +106,7 @@ def test_resume_with_a_raised_budget_continues(tmp_path, script_file):
     assert shape(read_tree(run_dir)) == shape(read_tree(ref))
 
 
-def test_resume_refuses_a_changed_config(tmp_path, script_file):
+def test_resume_refuses_a_changed_config(tmp_path, script_file, fixed_collatz):
     script = script_file([variant(800)])
     run_dir = tmp_path / "run"
     args = _args(script, run_dir)

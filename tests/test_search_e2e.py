@@ -31,10 +31,19 @@ def script_of(runtimes: list[float | None]) -> list[str]:
     return [variant(r, crash=r is None, tag=str(i + 1)) for i, r in enumerate(runtimes)]
 
 
+@pytest.fixture(autouse=True)
+def _fixed_task(fixed_collatz):
+    global FIXED
+    FIXED = fixed_collatz
+
+
+FIXED: list[str] = []
+
+
 def run_search(tmp_path: Path, script_file, runtimes, scaffold: str, *extra: str):
     script = script_file(script_of(runtimes))
     run_dir = tmp_path / f"run_{scaffold}"
-    overrides = [f"scaffold={scaffold}", "model=scripted", f"model.path={script}", "coder=wholefile",
+    overrides = [*FIXED, f"scaffold={scaffold}", "model=scripted", f"model.path={script}", "coder=wholefile",
                  f"run_dir={run_dir}", *extra]
     cfg = compose(overrides)
     run = build(cfg, run_dir)
@@ -101,7 +110,7 @@ def test_flat_is_best_of_n(tmp_path, script_file):
     s = read_summary(run_dir)
     assert s["best_node"] == 20 and s["best_metric"] == 710
     assert s["n_nodes"] == 20 and s["n_buggy"] == 3 and s["n_valid"] == 17
-    assert s["speedup"] == pytest.approx(s["baseline_metric"] / 710)
+    assert s["baseline_metric"] == 1000 and s["speedup"] == pytest.approx(1000 / 710)
 
 
 def test_tree_expands_the_best_with_three_children(tmp_path, script_file):

@@ -26,10 +26,8 @@ from speedrunner.agents.ideators import IDEATORS
 from speedrunner.agents.prompts import system_prompt
 from speedrunner.core.errors import ConfigMismatch, UserError
 from speedrunner.core.registry import resolve
-from speedrunner.core.types import Model
 from speedrunner.execution.local import LocalExecutor
-from speedrunner.llm.offline import NullModel, ScriptedModel
-from speedrunner.llm.oracle import OracleModel
+from speedrunner.llm.factory import build_model
 from speedrunner.scoring.fsr import fsr_for_run
 from speedrunner.search.loop import Budget, Progress, SearchRun
 from speedrunner.search.policy import GreedyPolicy
@@ -89,20 +87,6 @@ def load_task_from(cfg: DictConfig) -> Task:
         data_dir = prepare_data(task.data)
         task = get_task(str(cfg.task.id), cfg.task.get("size"), list(cfg.task_paths), data_dir=data_dir)
     return task
-
-
-def build_model(mcfg: DictConfig, task: Task, coder_cls: type) -> Model:
-    name = str(mcfg.name)
-    if mcfg.get("cls"):
-        cls = resolve("model", mcfg, {})
-        return cls(**{k: v for k, v in OmegaConf.to_container(mcfg).items() if k not in ("cls",)})
-    if name == "null":
-        return NullModel()
-    if name == "oracle":
-        return OracleModel(task, coder_cls)
-    if name == "scripted":
-        return ScriptedModel(mcfg.path, on_exhausted=mcfg.get("on_exhausted", "repeat_last"))
-    raise UserError(f"model.name: unknown model {name!r}; offline models are null, oracle and scripted")
 
 
 def build(cfg: DictConfig, run_dir: Path, progress: Progress | None = None) -> SearchRun:

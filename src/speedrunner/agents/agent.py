@@ -73,6 +73,7 @@ class Agent:
             rec: dict[str, Any] = {"role": self.role, "model": getattr(self.model, "name", "?"), "attempt": attempt,
                                    "tokens_in": usage.tokens_in, "tokens_out": usage.tokens_out,
                                    "latency_s": round(latency, 4), "usd": usage.usd}
+            rec.update(comp.meta)
             if reasoning:
                 rec["reasoning"] = reasoning
             if validator is None:

@@ -31,11 +31,17 @@ class Completion:
     text: str
     usage: Usage = field(default_factory=Usage)
     reasoning: str | None = None
+    # Facts for the journal, e.g. {"cache_key": "...", "cached": True, "provider_model": "..."}.
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable
 class Model(Protocol):
-    """A chat model. ``complete`` must be safe to call with the full message list every time."""
+    """A chat model. ``complete`` must be safe to call with the full message list every time.
+
+    A model with state across calls (a script position, a cache's occurrence counters) may also define
+    ``resume(calls: list[dict])``: on resume it receives the journal records of the calls that the kept
+    nodes made with it, in order, and must put itself where it was after them."""
 
     name: str
 

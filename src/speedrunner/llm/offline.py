@@ -42,8 +42,8 @@ class NullModel:
 class ScriptedModel:
     """Plays responses from a YAML or JSON file in order: ``responses: [text, ...]``.
 
-    ``on_exhausted``: ``repeat_last`` (default), ``cycle`` or ``error``. ``skip(n)`` moves past calls a
-    resumed run already made, so a resume continues the script where the crash left it.
+    ``on_exhausted``: ``repeat_last`` (default), ``cycle`` or ``error``. ``resume(calls)`` moves past the
+    calls a resumed run already made, so a resume continues the script where the crash left it.
     """
 
     def __init__(self, path: str | Path, on_exhausted: str = "repeat_last", name: str = "scripted"):
@@ -64,8 +64,8 @@ class ScriptedModel:
         self.on_exhausted = on_exhausted
         self.calls = 0
 
-    def skip(self, n: int) -> None:
-        self.calls += n
+    def resume(self, calls: list[dict]) -> None:
+        self.calls += len(calls)
 
     def complete(self, messages: list[Message]) -> Completion:
         i = self.calls

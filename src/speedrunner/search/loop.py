@@ -103,22 +103,19 @@ class SearchRun:
         self.tree = tree
         kept = set(tree)
         # Calls of each kept node's last attempt (a node made again after a crash has earlier calls too).
-        per_node: dict[int, list[int]] = {}
+        per_node: dict[int, list[dict[str, Any]]] = {}
         for e in events:
             if e.get("event") == "node_started":
                 per_node[e["node"]] = []
             elif e.get("event") == "llm_call":
                 self._count(e)  # spend counts every call made, kept or not: it was paid for
                 if e.get("model_index") is not None:
-                    per_node.setdefault(e.get("node"), []).append(e["model_index"])
-        calls: dict[int, int] = {}
-        for nid, indices in per_node.items():
-            if nid in kept:
-                for i in indices:
-                    calls[i] = calls.get(i, 0) + 1
+                    per_node.setdefault(e.get("node"), []).append(e)
+        kept_calls = [e for nid in sorted(per_node) if nid in kept for e in per_node[nid]]
         for i, model in enumerate(self._unique_models()):
-            if calls.get(i) and hasattr(model, "skip"):
-                model.skip(calls[i])
+            mine = [e for e in kept_calls if e["model_index"] == i]
+            if mine and hasattr(model, "resume"):
+                model.resume(mine)
 
     def _count(self, rec: dict[str, Any]) -> None:
         self.spend["llm_calls"] += 1
