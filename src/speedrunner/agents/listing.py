@@ -15,7 +15,7 @@ from pathlib import PurePosixPath
 
 _LANG = {".py": "python", ".md": "markdown", ".yaml": "yaml", ".yml": "yaml", ".json": "json", ".sh": "bash",
          ".c": "c", ".cu": "cuda", ".cpp": "cpp", ".toml": "toml", ".txt": "text"}
-_LISTED = re.compile(r"^### File: (?P<path>[^\n]+)\n(?P<fence>`{3,})[^\n]*\n(?P<body>.*?)\n?(?P=fence)[ \t]*$",
+_LISTED = re.compile(r"^### File: (?P<path>[^\n]+)\n(?P<fence>`{3,})[^\n]*\n(?P<body>(?:.*?\n)?)(?P=fence)[ \t]*$",
                      re.MULTILINE | re.DOTALL)
 
 
@@ -38,6 +38,5 @@ def parse_files(text: str) -> dict[str, str]:
     """Files listed with :func:`render_files` (the last listing of a path wins)."""
     out = {}
     for m in _LISTED.finditer(text):
-        body = m.group("body")
-        out[m.group("path").strip()] = body + "\n" if body else ""
+        out[m.group("path").strip()] = m.group("body")
     return out

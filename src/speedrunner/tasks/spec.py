@@ -165,7 +165,10 @@ def read_spec(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         return data
     if not isinstance(parent, str):
         raise TaskError(f"{path}: field 'extends' must be a relative path to another task file")
-    base = read_spec((path.parent / parent), _seen + (path,))
+    target = (path.parent / parent).resolve()
+    if not target.is_file():
+        raise TaskError(f"{path}: field 'extends': {target} not found; give a path relative to {path.parent}")
+    base = read_spec(target, _seen + (path,))
     return _deep_merge(base, data)
 
 

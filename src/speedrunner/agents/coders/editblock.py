@@ -17,9 +17,11 @@ _FENCE = re.compile(r"^\s*`{3,}")
 
 @dataclass
 class Block:
+    """One SEARCH/REPLACE block, its parts kept as the literal lines between the markers."""
+
     path: str | None
-    search: str
-    replace: str
+    search: list[str]
+    replace: list[str]
 
 
 def _path_from(line: str) -> str | None:
@@ -34,7 +36,7 @@ def _path_from(line: str) -> str | None:
 
 
 def parse_blocks(text: str) -> list[Block]:
-    lines = text.splitlines()
+    lines = text.split("\n")
     blocks: list[Block] = []
     i = 0
     last_path: str | None = None
@@ -51,69 +53,82 @@ def parse_blocks(text: str) -> list[Block]:
                 break
             j -= 1
         path = path or last_path
-        search, replace, k, part = [], [], i + 1, "search"
+        search: list[str] = []
+        replace: list[str] = []
+        k, part = i + 1, "search"
         while k < len(lines):
-            if part == "search" and _DIVIDER.match(lines[k]):
+            if _DIVIDER.match(lines[k]):
+                if part == "replace":
+                    raise EditError(P.TWO_DIVIDERS.format(index=index))
                 part = "replace"
-            elif part == "replace" and _REPLACE.match(lines[k]):
+            elif _REPLACE.match(lines[k]):
+                if part == "search":
+                    raise EditError(P.UNCLOSED.format(index=index))
                 break
             else:
-                (search if part == "search" else replace).append(lines[k])
+                (search if part == "search" else replace).append(lines[k].rstrip("\r"))
             k += 1
         else:
             raise EditError(P.UNCLOSED.format(index=index))
-        blocks.append(Block(path, "\n".join(search), "\n".join(replace)))
+        blocks.append(Block(path, search, replace))
         last_path = path
         i = k + 1
     return blocks
-
-
-def _lines(s: str) -> list[str]:
-    return s.split("\n") if s else []
 
 
 def _indent(s: str) -> str:
     return s[: len(s) - len(s.lstrip())]
 
 
-def _find(content_lines: list[str], search_lines: list[str], norm) -> list[int]:
-    want = [norm(x) for x in search_lines]
-    n = len(want)
-    have = [norm(x) for x in content_lines]
+def _hits(content: list[str], search: list[str], norm=None) -> list[int]:
+    """Every line index where ``search`` matches a window of ``content`` (overlapping hits included)."""
+    n = len(search)
+    if n == 0 or n > len(content):
+        return []
+    if norm is None:
+        return [i for i in range(len(content) - n + 1) if content[i:i + n] == search]
+    want = [norm(x) for x in search]
+    have = [norm(x) for x in content]
     return [i for i in range(len(have) - n + 1) if have[i:i + n] == want]
 
 
-def replace_once(content: str, search: str, replace: str) -> str | int:
-    """New content, or the number of matches (0 or >1) when there is no unique match."""
-    count = content.count(search)
-    if count == 1:
-        return content.replace(search, replace, 1)
-    if count > 1:
-        return count
-    c_lines, s_lines = content.split("\n"), _lines(search)
-    while s_lines and not s_lines[-1].strip():
-        s_lines = s_lines[:-1]
-    while s_lines and not s_lines[0].strip():
-        s_lines = s_lines[1:]
-    if not s_lines:
-        return 0
-    r_lines = _lines(replace)
-    # 1) trailing whitespace ignored
-    hits = _find(c_lines, s_lines, str.rstrip)
+def _trim_blank(lines: list[str]) -> tuple[list[str], int]:
+    start, end = 0, len(lines)
+    while start < end and not lines[start].strip():
+        start += 1
+    while end > start and not lines[end - 1].strip():
+        end -= 1
+    return lines[start:end], start
+
+
+def replace_once(content: str, search: list[str], replace: list[str]) -> str | int:
+    """New content, or the number of places (0 or more than 1) when ``search`` does not match one place.
+
+    Matching is on whole lines: exactly first, then ignoring trailing whitespace, then ignoring
+    indentation (the replacement is re-indented by the difference seen on the first line)."""
+    c = content.split("\n")
+    hits = _hits(c, search)
     if len(hits) == 1:
         i = hits[0]
-        return "\n".join(c_lines[:i] + r_lines + c_lines[i + len(s_lines):])
+        return "\n".join(c[:i] + replace + c[i + len(search):])
     if len(hits) > 1:
         return len(hits)
-    # 2) indentation ignored: re-indent the replacement by the difference found on the first line
-    hits = _find(c_lines, s_lines, str.strip)
+    core, _ = _trim_blank(search)
+    if not core:
+        return 0
+    hits = _hits(c, core, str.rstrip)
+    if len(hits) == 1:
+        i = hits[0]
+        return "\n".join(c[:i] + _trim_blank(replace)[0] + c[i + len(core):])
+    if len(hits) > 1:
+        return len(hits)
+    hits = _hits(c, core, str.strip)
     if len(hits) != 1:
         return len(hits)
     i = hits[0]
-    first = next(k for k, s in enumerate(s_lines) if s.strip())
-    have, want = _indent(c_lines[i + first]), _indent(s_lines[first])
+    have, want = _indent(c[i]), _indent(core[0])
     fixed = []
-    for r in r_lines:
+    for r in _trim_blank(replace)[0]:
         if not r.strip():
             fixed.append(r)
         elif len(have) >= len(want):
@@ -121,21 +136,25 @@ def replace_once(content: str, search: str, replace: str) -> str | int:
         else:
             extra = len(want) - len(have)
             fixed.append(r[extra:] if r[:extra].strip() == "" else r)
-    return "\n".join(c_lines[:i] + fixed + c_lines[i + len(s_lines):])
+    return "\n".join(c[:i] + fixed + c[i + len(core):])
 
 
-def closest_lines(content: str, search: str, context: int = 0) -> str:
-    c_lines, s_lines = content.split("\n"), _lines(search)
-    n = max(1, len(s_lines))
+def closest_lines(content: str, search: list[str]) -> str:
+    c_lines = content.split("\n")
+    n = max(1, len(search))
     best, best_i = 0.0, 0
-    target = "\n".join(s_lines)
+    target = "\n".join(search)
     for i in range(0, max(1, len(c_lines) - n + 1)):
         r = difflib.SequenceMatcher(None, "\n".join(c_lines[i:i + n]), target, autojunk=False).quick_ratio()
         if r > best:
             best, best_i = r, i
     if best < 0.5:
         return ""
-    return "\n".join(c_lines[max(0, best_i - context): best_i + n + context])
+    return "\n".join(c_lines[best_i: best_i + n])
+
+
+def _is_marker(line: str) -> bool:
+    return bool(_SEARCH.match(line) or _DIVIDER.match(line) or _REPLACE.match(line))
 
 
 class EditBlockCoder(Coder):
@@ -156,10 +175,10 @@ class EditBlockCoder(Coder):
             if b.path is None:
                 raise EditError(P.NO_PATH.format(index=index))
             path = check_path(b.path, protected)
-            if not b.search.strip():
+            if not any(x.strip() for x in b.search):  # an empty (or blank) SEARCH part creates a file
                 if path in current and current[path].strip():
                     raise EditError(P.EXISTS.format(index=index, path=path))
-                current[path] = b.replace + ("\n" if b.replace and not b.replace.endswith("\n") else "")
+                current[path] = new_file_text(b.replace)
                 touched.add(path)
                 continue
             if path not in current:
@@ -182,32 +201,57 @@ class EditBlockCoder(Coder):
         for path in sorted(new):
             if old.get(path) == new[path]:
                 continue
-            if path not in old:
-                out.append(f"{path}\n<<<<<<< SEARCH\n=======\n{new[path].rstrip(chr(10))}\n>>>>>>> REPLACE\n")
+            if path not in old or not old[path].strip():  # new (or empty) file: one block that creates it
+                out.append(_block_text(path, [], new[path].split("\n")[:-1] if new[path].endswith("\n")
+                                       else new[path].split("\n")))
                 continue
             out.extend(_blocks_for(path, old[path], new[path]))
         return "\n".join(out) if out else "NO CHANGE"
 
 
+def new_file_text(lines: list[str]) -> str:
+    """A created file's text: its lines, ending with a newline (as every text file should)."""
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def _block_text(path: str, search: list[str], replace: list[str]) -> str:
+    body = "\n".join(["<<<<<<< SEARCH", *search, "=======", *replace, ">>>>>>> REPLACE"])
+    return f"{path}\n{body}\n"
+
+
 def _blocks_for(path: str, old: str, new: str, context: int = 2) -> list[str]:
-    """Minimal blocks whose SEARCH parts are unique in ``old`` (context grows until they are)."""
+    """Small blocks that apply one after the other, each SEARCH unique (whole lines, overlaps counted) in
+    the text the earlier blocks leave; one whole-file block when that cannot be had."""
     a, b = old.split("\n"), new.split("\n")
-    ops = difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes()
-    changes = [(i1, i2, j1, j2) for tag, i1, i2, j1, j2 in ops if tag != "equal"]
-    blocks = []
-    for i1, i2, j1, j2 in changes:
+    ops = [op for op in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes() if op[0] != "equal"]
+    blocks: list[tuple[list[str], list[str]]] = []
+    current = old
+    last_end = 0
+    for _, i1, i2, j1, j2 in ops:
         ctx = context
         while True:
-            s1, s2 = max(0, i1 - ctx), min(len(a), i2 + ctx)
-            search = "\n".join(a[s1:s2])
-            if search and old.count(search) == 1 or (s1 == 0 and s2 == len(a)):
+            s1, s2 = max(last_end, i1 - ctx), min(len(a), i2 + ctx)
+            search = a[s1:s2]
+            ok = (any(x.strip() for x in search) and not any(_is_marker(x) for x in search)
+                  and len(_hits(current.split("\n"), search)) == 1)
+            if ok or (s1 <= last_end and s2 == len(a)):
                 break
-            ctx += 2
-        d1, d2 = j1 - (i1 - s1), j2 + (s2 - i2)
-        replace = "\n".join(b[d1:d2])
-        blocks.append((s1, s2, search, replace))
-    # blocks whose regions overlap cannot be applied one after the other: fall back to one whole-file block
-    if any(later[0] < earlier[1] for earlier, later in zip(blocks, blocks[1:], strict=False)):
-        return [f"{path}\n<<<<<<< SEARCH\n{old.rstrip(chr(10))}\n=======\n{new.rstrip(chr(10))}\n>>>>>>> REPLACE\n"]
-    return [f"{path}\n<<<<<<< SEARCH\n{search}\n=======\n{replace}\n>>>>>>> REPLACE\n"
-            for _, _, search, replace in blocks]
+            ctx += 1
+        if not ok:
+            return [_whole(path, a, b)]
+        replace = b[j1 - (i1 - s1): j2 + (s2 - i2)]
+        if any(_is_marker(x) for x in replace):
+            return [_whole(path, a, b)]
+        result = replace_once(current, search, replace)
+        if not isinstance(result, str):
+            return [_whole(path, a, b)]
+        current = result
+        last_end = s2
+        blocks.append((search, replace))
+    if current != new:
+        return [_whole(path, a, b)]
+    return [_block_text(path, s_, r_) for s_, r_ in blocks]
+
+
+def _whole(path: str, a: list[str], b: list[str]) -> str:
+    return _block_text(path, a, b)

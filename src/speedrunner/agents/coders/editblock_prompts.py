@@ -60,3 +60,7 @@ Block {index} has no file path. Put the path alone on the line just before <<<<<
 UNCLOSED = """\
 Block {index} is not closed: every block needs the three markers <<<<<<< SEARCH, ======= and
 >>>>>>> REPLACE, each alone on its line."""
+
+TWO_DIVIDERS = """\
+Block {index} has more than one ======= line between <<<<<<< SEARCH and >>>>>>> REPLACE. If the file
+itself contains such a line, choose SEARCH lines around it instead, so that each block has exactly one."""

@@ -8,7 +8,8 @@ from speedrunner.agents.coders import wholefile_prompts as P
 from speedrunner.agents.coders.base import Coder, EditError, EditResult, check_path, says_no_change
 from speedrunner.agents.listing import render_files
 
-_HEADER = re.compile(r"^(?:#{1,4}\s*(?:File:\s*)?|File:\s*)?`?(?P<path>[\w./-]+\.[\w]+)`?:?\s*$")
+# "### File: any/path" (the documented form; any file name), or a bare path with an extension.
+_HEADER = re.compile(r"^(?:#{1,4}\s*File:\s*`?(?P<named>[\w./-]+)`?|(?:#{1,4}\s*|File:\s*)?`?(?P<path>[\w./-]+\.\w+)`?):?\s*$")
 _OPEN = re.compile(r"^(?P<fence>`{3,})[\w+-]*\s*$")
 _ELIDED = re.compile(r"^\s*(#|//)\s*\.\.\.\s*(rest|remaining|unchanged|existing)", re.IGNORECASE | re.MULTILINE)
 
@@ -28,7 +29,7 @@ def parse_whole_files(text: str) -> dict[str, str]:
         while k < len(lines) and lines[k].strip() != fence:
             body.append(lines[k])
             k += 1
-        out[h.group("path")] = "\n".join(body) + "\n" if body else ""
+        out[h.group("named") or h.group("path")] = "\n".join(body) + "\n" if body else ""
         i = k + 1
     return out
 

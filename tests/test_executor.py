@@ -1,0 +1,195 @@
+"""The local executor: exit status, hard timeout over the whole process group, log cap, clean env."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from speedrunner.execution.local import LocalExecutor, scrubbed_env
+
+PY = sys.executable
+
+
+def script(tmp_path: Path, body: str, name: str = "job.py") -> list[str]:
+    (tmp_path / name).write_text(body)
+    return [PY, name]
+
+
+def run(tmp_path: Path, body: str, timeout_s: float = 10.0, **kw):
+    env = kw.pop("env", None)
+    ex = LocalExecutor(kill_grace_s=kw.pop("kill_grace_s", 0.3), poll_s=0.02, **kw)
+    out = tmp_path / "out"
+    return ex.run(script(tmp_path, body), cwd=tmp_path, out_dir=out, timeout_s=timeout_s, env=env), out
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` is a live process (a zombie waiting to be reaped counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def wait_gone(pid: int, within_s: float = 3.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(0.02)
+    return not alive(pid)
+
+
+def kill_if_alive(pid: int) -> None:
+    if alive(pid):
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+
+
+SPAWN_GRANDCHILD = """\
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+open("grandchild.pid", "w").write(str(child.pid))
+print("spawned", child.pid, flush=True)
+"""
+
+
+def test_exit_code_and_logs_are_captured(tmp_path):
+    res, out = run(tmp_path, "import sys\nprint('hello out')\nprint('hello err', file=sys.stderr)\nsys.exit(3)\n")
+    assert res.exit_code == 3
+    assert not res.timed_out and res.killed_reason is None
+    assert Path(res.stdout_path) == out / "stdout.log" and Path(res.stderr_path) == out / "stderr.log"
+    assert (out / "stdout.log").read_text() == "hello out\n"
+    assert (out / "stderr.log").read_text() == "hello err\n"
+    assert 0 < res.wall_s < 5
+
+
+def test_success_and_crash(tmp_path):
+    res, _ = run(tmp_path, "print('ok')\n")
+    assert res.exit_code == 0
+    res, out = run(tmp_path, "raise RuntimeError('kaboom')\n")
+    assert res.exit_code == 1
+    assert "RuntimeError: kaboom" in (out / "stderr.log").read_text()
+
+
+def test_runs_in_the_given_folder(tmp_path):
+    res, out = run(tmp_path, "import os\nprint(os.getcwd())\nopen('made_here.txt', 'w').write('x')\n")
+    assert res.exit_code == 0
+    assert (out / "stdout.log").read_text().strip() == str(tmp_path)
+    assert (tmp_path / "made_here.txt").is_file()
+
+
+def test_hanging_script_and_its_children_are_killed_at_the_timeout(tmp_path):
+    body = SPAWN_GRANDCHILD + "time.sleep(60)\n"
+    t0 = time.monotonic()
+    res, out = run(tmp_path, body, timeout_s=1.0)
+    took = time.monotonic() - t0
+    pid = int((tmp_path / "grandchild.pid").read_text())
+    try:
+        assert res.timed_out
+        assert res.killed_reason and "timed out" in res.killed_reason
+        assert res.exit_code != 0
+        assert 0.9 <= res.wall_s < 4
+        assert took < 5
+        assert wait_gone(pid), f"grandchild {pid} outlived its node"
+    finally:
+        kill_if_alive(pid)
+
+
+def test_script_that_ignores_sigterm_is_killed(tmp_path):
+    body = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(60)\n"
+    t0 = time.monotonic()
+    res, _ = run(tmp_path, body, timeout_s=0.8, kill_grace_s=0.3)
+    assert res.timed_out
+    assert time.monotonic() - t0 < 4
+
+
+def test_children_left_behind_by_a_finished_script_are_killed(tmp_path):
+    """A script that exits 0 but leaves a background process: nothing a node starts outlives it."""
+    res, out = run(tmp_path, SPAWN_GRANDCHILD)
+    pid = int((tmp_path / "grandchild.pid").read_text())
+    try:
+        assert res.exit_code == 0 and not res.timed_out
+        assert wait_gone(pid), f"grandchild {pid} outlived its node"
+    finally:
+        kill_if_alive(pid)
+
+
+def test_script_that_floods_output_is_killed_at_max_log_bytes(tmp_path):
+    # writes ~8 MB quickly, then would hang: only the log cap can stop it before the timeout
+    body = ("import sys, time\nline = 'x' * 1023 + '\\n'\nfor _ in range(8192):\n    sys.stdout.write(line)\n"
+            "sys.stdout.flush()\ntime.sleep(60)\n")
+    t0 = time.monotonic()
+    res, out = run(tmp_path, body, timeout_s=20.0, max_log_bytes=256 * 1024)
+    assert res.killed_reason is not None and "log exceeded" in res.killed_reason
+    assert "262144" in res.killed_reason
+    assert not res.timed_out
+    assert res.exit_code != 0
+    assert time.monotonic() - t0 < 5
+
+
+def test_missing_program_is_exit_127(tmp_path):
+    ex = LocalExecutor()
+    res = ex.run(["definitely-not-a-program-xyz"], cwd=tmp_path, out_dir=tmp_path / "o", timeout_s=5)
+    assert res.exit_code == 127
+    assert "definitely-not-a-program-xyz" in (tmp_path / "o" / "stderr.log").read_text()
+
+
+def test_executor_timeout_overrides_the_task_timeout(tmp_path):
+    ex = LocalExecutor(timeout_s=0.5, kill_grace_s=0.2, poll_s=0.02)
+    t0 = time.monotonic()
+    res = ex.run(script(tmp_path, "import time\ntime.sleep(30)\n"), cwd=tmp_path, out_dir=tmp_path / "o",
+                 timeout_s=60)
+    assert res.timed_out and time.monotonic() - t0 < 3
+
+
+ENV_DUMP = "import json, os\nprint(json.dumps(dict(os.environ)))\n"
+
+
+def test_env_is_scrubbed_of_secrets_and_keeps_path(tmp_path, monkeypatch):
+    secrets = {
+        "OPENAI_API_KEY": "sk-1", "ANTHROPIC_API_KEY": "sk-2", "GEMINI_API_KEY": "g", "OPENROUTER_API_KEY": "o",
+        "HF_TOKEN": "hf", "AWS_SECRET_ACCESS_KEY": "aws", "MY_SERVICE_TOKEN": "t", "DB_PASSWORD": "pw",
+        "GITHUB_TOKEN": "gh", "some_api_key": "lower", "OPENAI_BASE_URL": "http://x",
+    }
+    for k, v in secrets.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("SPEEDRUNNER_HARMLESS", "kept")
+    res, out = run(tmp_path, ENV_DUMP, threads=3)
+    assert res.exit_code == 0
+    env = json.loads((out / "stdout.log").read_text())
+    leaked = sorted(set(secrets) & set(env))
+    assert not leaked, f"secrets reached the node: {leaked}"
+    assert env["PATH"] == os.environ["PATH"]
+    assert env["SPEEDRUNNER_HARMLESS"] == "kept"
+    assert env["SPEEDRUNNER_THREADS"] == "3"
+    assert env["OMP_NUM_THREADS"] == "3" and env["MKL_NUM_THREADS"] == "3"
+    assert env["PYTHONUNBUFFERED"] == "1"
+
+
+def test_task_env_is_passed_and_wins(tmp_path):
+    res, out = run(tmp_path, ENV_DUMP, env={"TASK_SEED": "7", "OMP_NUM_THREADS": "2"})
+    env = json.loads((out / "stdout.log").read_text())
+    assert env["TASK_SEED"] == "7"
+    assert env["OMP_NUM_THREADS"] == "2"
+    assert env["SPEEDRUNNER_THREADS"] == "1"
+
+
+def test_scrubbed_env_function():
+    base = {"PATH": "/bin", "HOME": "/root", "OPENAI_API_KEY": "x", "ANTHROPIC_AUTH_TOKEN": "y",
+            "LANG": "C.UTF-8", "MY_SECRET": "z", "AZURE_OPENAI_ENDPOINT": "e"}
+    assert scrubbed_env(base) == {"PATH": "/bin", "HOME": "/root", "LANG": "C.UTF-8"}
+    assert "OPENAI_API_KEY" in base  # the input is left alone
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_speedrunner_threads_follows_the_setting(tmp_path, threads):
+    res, out = run(tmp_path, "import os\nprint(os.environ['SPEEDRUNNER_THREADS'])\n", threads=threads)
+    assert (out / "stdout.log").read_text().strip() == str(threads)
