@@ -52,3 +52,25 @@ def test_bad_cls_is_a_clear_error(tmp_path):
     (conf / "broken.yaml").write_text("name: broken\ncls: no_such_module:Nope\n")
     p = run_cli("run", "--config-dir", str(tmp_path / "conf"), "coder=broken", f"run_dir={tmp_path / 'r'}")
     assert p.returncode == 2 and "coder.cls" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_crashing_user_coder_ends_the_node_not_the_run(tmp_path, script_file):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "bad_coder.py").write_text(
+        "from speedrunner.agents.coders.wholefile import WholeFileCoder\n"
+        "class BadCoder(WholeFileCoder):\n"
+        "    name = 'bad'\n"
+        "    def apply(self, text, files, protected):\n"
+        "        raise KeyError('bug in the user coder')\n")
+    conf = tmp_path / "conf" / "coder"
+    conf.mkdir(parents=True)
+    (conf / "bad.yaml").write_text("name: bad\ncls: bad_coder:BadCoder\nmax_retries: 1\n")
+    run_dir = tmp_path / "run"
+    p = run_cli("run", "--config-dir", str(tmp_path / "conf"), "coder=bad", "model=scripted",
+                f"model.path={script_file([variant(500)])}", "scaffold=tree", "budget.max_nodes=2",
+                f"run_dir={run_dir}", env={"PYTHONPATH": str(pkg)})
+    assert p.returncode == 0, p.stderr
+    s = read_summary(run_dir)
+    assert s["n_nodes"] == 2 and s["n_buggy"] == 2
+    assert "KeyError" in (run_dir / "nodes" / "v_1" / "result.json").read_text()

@@ -125,6 +125,25 @@ def test_pool_follows_the_newest_children_step_by_step():
     assert p.next(t).parent == 7
 
 
+def test_a_best_made_just_before_a_debug_step_is_not_lost():
+    """Improve makes the best node 4; the next step debugs; the step after must still expand 4, not
+    compare only the root, the older best and the debug child."""
+    t = root(100.0).add(1, 0, metric=50.0).add(2, 0, status=Status.BUGGY)
+    p = policy(n_branch=1, debug_prob=0.5, seed=0)
+    after_drafts(p, t, [1, 2])
+    # find a seed-independent sequence: force the draws by choosing debug_prob per step
+    p.debug_prob = 0.0
+    assert p.next(t) == Expansion(1, IMPROVE, 1)
+    t.add(4, 1, IMPROVE, metric=10.0)  # the new best
+    p.observe([4])
+    p.debug_prob = 1.0
+    assert p.next(t) == Expansion(2, DEBUG, 1)
+    t.add(5, 2, DEBUG, status=Status.BUGGY, bug_depth=2)
+    p.observe([5])
+    p.debug_prob = 0.0
+    assert p.next(t) == Expansion(4, IMPROVE, 1)
+
+
 def test_maximize_direction():
     t = root(0.5).add(1, 0, metric=0.7).add(2, 0, metric=0.9).add(3, 0, metric=0.6)
     p = policy(direction="maximize")

@@ -120,3 +120,25 @@ def test_resume_refuses_a_changed_config(tmp_path, script_file, fixed_collatz):
     assert p.returncode == 2 and "config hash" in p.stderr and "Traceback" not in p.stderr
     meta = json.loads((run_dir / "nodes" / "v_1" / "meta.json").read_text())
     assert meta["parent"] == 0  # nothing was touched
+
+
+def test_resume_refuses_a_task_that_changed(tmp_path, script_file, fixed_collatz):
+    script = script_file([variant(800)])
+    run_dir = tmp_path / "run"
+    args = _args(script, run_dir)
+    args[args.index("budget.max_nodes=12")] = "budget.max_nodes=1"
+    assert run_cli(*args).returncode == 0
+    template = tmp_path / "tasks" / "collatz_fixed" / "template" / "solve.py"
+    template.write_text(template.read_text() + "# edited after the run started\n")
+    p = run_cli("resume", str(run_dir), "budget.max_nodes=2")
+    assert p.returncode == 2 and "changed since the run started" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_resume_refuses_a_lower_budget(tmp_path, script_file, fixed_collatz):
+    script = script_file([variant(800)])
+    run_dir = tmp_path / "run"
+    args = _args(script, run_dir)
+    args[args.index("budget.max_nodes=12")] = "budget.max_nodes=3"
+    assert run_cli(*args).returncode == 0
+    p = run_cli("resume", str(run_dir), "budget.max_nodes=1")
+    assert p.returncode == 2 and "cannot be lower" in p.stderr

@@ -70,8 +70,14 @@ def check_policy(tree: dict[int, dict], params: dict, seed: int, max_nodes: int)
         expansions.append((parent, op, len(ids)))
         return ids
 
+    def best_of(ids):
+        valid = [i for i in ids if known[i]["status"] == "valid"]
+        return min(valid, key=lambda i: (known[i]["metric"], -i)) if valid else None
+
     while next_id <= max_nodes:
         known = {i: n for i, n in tree.items() if i < next_id}
+        if step > 0:  # the running best absorbs the last step's children, whatever that step was
+            prev_best = best_of([0] + ([prev_best] if prev_best is not None else []) + newest)
         if step == 0 or params["n_branch"] == 0:
             newest = expect(0, "draft", params["n_initial"])
             step += 1
@@ -85,11 +91,7 @@ def check_policy(tree: dict[int, dict], params: dict, seed: int, max_nodes: int)
             if leaves:
                 newest = expect(rng.choice(leaves), "debug", 1)
                 continue
-        pool = [0] + ([prev_best] if prev_best is not None else []) + newest
-        valid = [i for i in pool if known[i]["status"] == "valid"]
-        best = min(valid, key=lambda i: (known[i]["metric"], -i)) if valid else 0
-        prev_best = best
-        newest = expect(best, "improve", params["n_branch"])
+        newest = expect(prev_best if prev_best is not None else 0, "improve", params["n_branch"])
     assert next_id == max_nodes + 1 == len(tree)
     return expansions
 
@@ -219,3 +221,19 @@ def test_hints_reach_the_coder_as_markdown(tmp_path, script_file):
     prompt = messages[1]["content"]
     assert "### Hint level 1: pseudocode" in prompt and "### Hint level 2: text description" in prompt
     assert "['" not in prompt and "\\n" not in prompt  # never a Python repr of the hint list
+
+
+def test_edits_outside_the_editable_files_are_refused_and_retried(tmp_path, script_file):
+    bad = "### File: notes.txt\n```text\nhello\n```\n"  # collatz allows *.py only
+    script = script_file([bad, variant(700)])
+    run_dir = tmp_path / "run"
+    cfg = compose([*FIXED, "scaffold=tree", "model=scripted", f"model.path={script}", "coder=wholefile",
+                   "budget.max_nodes=1", f"run_dir={run_dir}"])
+    build(cfg, run_dir).run()
+    import json
+
+    transcript = json.loads((run_dir / "nodes" / "v_1" / "transcript.json").read_text())
+    assert transcript[0]["attempts"] == 2
+    assert "notes.txt: not a file you may edit" in transcript[0]["messages"][3]["content"]
+    assert read_summary(run_dir)["best_metric"] == 700
+    assert not (run_dir / "nodes" / "v_1" / "workspace" / "notes.txt").exists()

@@ -65,7 +65,7 @@ def test_defaults(tmp_path):
     task = load_task(write_task(tmp_path / "t", data), "t")
     assert task.timeout_s == 600.0
     assert task.conditions == [Condition("exit_code", "==", 0.0)]
-    assert task.editable == ["**/*.py"]
+    assert task.editable == ["*.py"]
 
 
 def test_maximize_direction(tmp_path):

@@ -67,9 +67,10 @@ def print_summary(run) -> None:
                       f"[{style}]{status}[/{style}]" if style else status, _fmt(o.metric if o else None), reason)
     console.print(table)
     speed = f"speedup {s['speedup']:.3f}x" if s.get("speedup") else ""
-    console.print(f"baseline {s['metric']} = {_fmt(s['baseline_metric'])}; best = {_fmt(s['best_metric'])} "
-                  f"(v_{s['best_node']}) {speed}; {s['n_valid']}/{s['n_nodes']} nodes valid; "
-                  f"{s.get('llm_calls', 0)} model calls")
+    best = f"best = {_fmt(s['best_metric'])} (v_{s['best_node']})" if s["best_node"] is not None else "no valid node"
+    fsr = f"; FSR {s['fsr']:.3f} ({s['fsr_source']})" if s.get("fsr") is not None else ""
+    console.print(f"baseline {s['metric']} = {_fmt(s['baseline_metric'])}; {best} {speed}{fsr}; "
+                  f"{s['n_valid']}/{s['n_nodes']} nodes valid; {s.get('llm_calls', 0)} model calls")
     console.print(f"run folder: {run.run_dir}  (summary.json, journal.jsonl, nodes/v_N/)")
 
 
@@ -95,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UserError(f"{run_dir} already holds a run; use 'speedrunner resume {run_dir}' or another run_dir")
     run = build(cfg, run_dir)
     run.progress = console_progress(run.task.metric.name)
-    save_config(cfg, run_dir, overrides)
+    save_config(cfg, run_dir, overrides, run.task)
     console.print(f"[bold]speedrunner[/bold] {run.task.id} · model {cfg.model.name} · scaffold {cfg.scaffold.name} "
                   f"· {run.budget.max_nodes} nodes · run folder {run_dir}")
     run.run()
@@ -104,11 +105,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from speedrunner.runner import build, load_run_config, save_config
+    from speedrunner.runner import build, check_task_unchanged, load_run_config, save_config
 
     run_dir = Path(args.run_dir)
     cfg, extra = load_run_config(run_dir, list(args.overrides))
     run = build(cfg, run_dir)
+    check_task_unchanged(run_dir, run.task)
     run.progress = console_progress(run.task.metric.name)
     if extra:
         save_config(cfg, run_dir, json.loads((run_dir / "overrides.json").read_text()) + extra)

@@ -34,7 +34,7 @@ from speedrunner.search.policy import GreedyPolicy
 from speedrunner.tasks.knowledge import format_hints, select_hints
 from speedrunner.tasks.registry import get_task
 from speedrunner.tasks.spec import Task
-from speedrunner.workspace.fsutil import atomic_write_text
+from speedrunner.workspace.fsutil import atomic_write_text, sha256_file
 
 # Keys left out of the config hash: where the run lives and how much it may still spend can change
 # on resume; everything that shapes the search cannot.
@@ -104,14 +104,16 @@ def build(cfg: DictConfig, run_dir: Path, progress: Progress | None = None) -> S
                               seed=int(cfg.seed), direction=task.metric.direction)
     except ValueError as e:
         raise UserError(str(e)) from None
-    ideator_kwargs = {"max_retries": int(cfg.ideator.max_retries)} if "max_retries" in cfg.ideator else {}
+    coder_kwargs = _class_kwargs(cfg.coder, loop_keys=("max_retries",))
+    ideator_kwargs = _class_kwargs(cfg.ideator)
     ex = cfg.executor
     executor = LocalExecutor(timeout_s=ex.get("timeout_s"), threads=int(ex.get("threads", 1)),
                              max_log_bytes=int(ex.get("max_log_bytes", 64 << 20)))
     if int(cfg.budget.max_nodes) < 0:
         raise UserError("budget.max_nodes must be 0 or more")
     return SearchRun(
-        run_dir=run_dir, task=task, policy=policy, coder=coder_cls(), ideator=ideator_cls(**ideator_kwargs),
+        run_dir=run_dir, task=task, policy=policy, coder=coder_cls(**coder_kwargs),
+        ideator=ideator_cls(**ideator_kwargs),
         models={"ideator": model, "coder": model}, system_prompt=system_prompt(task), executor=executor,
         budget=Budget(max_nodes=int(cfg.budget.max_nodes)),
         info={"scaffold": str(sc.name), "model": str(cfg.model.name), "coder": str(cfg.coder.name),
@@ -123,17 +125,54 @@ def build(cfg: DictConfig, run_dir: Path, progress: Progress | None = None) -> S
     )
 
 
-def save_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> None:
+def _class_kwargs(section: DictConfig, loop_keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Constructor arguments for a coder/ideator class: every key of its config section except the ones
+    the harness reads itself (name, cls, and ``loop_keys``)."""
+    data = OmegaConf.to_container(section, resolve=True)
+    assert isinstance(data, dict)
+    return {k: v for k, v in data.items() if k not in ("name", "cls", *loop_keys)}
+
+
+def task_fingerprint(task: Task) -> str:
+    """A hash of what the task gives the search: its resolved fields and its template and reference
+    files. A resume whose task changed since the run started is refused."""
+    h = hashlib.sha256()
+    fields = {k: v for k, v in vars(task).items() if k not in ("parsers", "conditions", "extra")}
+    fields["parsers"] = [(p.pattern.pattern, p.match, p.source) for p in task.parsers]
+    fields["conditions"] = [str(c) for c in task.conditions]
+    fields["metric"] = task.metric.model_dump()
+    h.update(json.dumps(fields, sort_keys=True, default=str).encode())
+    for folder in (task.template_dir, task.reference_dir):
+        if folder is None:
+            continue
+        for p in sorted(Path(folder).rglob("*")):
+            if p.is_file() and "__pycache__" not in p.parts:
+                h.update(p.relative_to(folder).as_posix().encode())
+                h.update(sha256_file(p).encode())
+    return h.hexdigest()[:16]
+
+
+def check_task_unchanged(run_dir: Path, task: Task) -> None:
+    want = _header_value(run_dir / "config.yaml", "task_hash")
+    got = task_fingerprint(task)
+    if want and want != got:
+        raise ConfigMismatch(f"{run_dir}: the task {task.id} changed since the run started (task hash {got}, "
+                             f"run started with {want}); its files or task.yaml were edited")
+
+
+def save_config(cfg: DictConfig, run_dir: Path, overrides: list[str], task: Task | None = None) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     body = OmegaConf.to_yaml(cfg, resolve=True)
+    task_hash = task_fingerprint(task) if task is not None else _header_value(run_dir / "config.yaml", "task_hash")
     head = (f"# speedrunner run configuration (resolved)\n# config_hash: {config_hash(cfg)}\n"
+            f"# task_hash: {task_hash or ''}\n"
             f"# overrides: {json.dumps(overrides)}\n# python: {sys.version.split()[0]}\n")
     atomic_write_text(run_dir / "config.yaml", head + body)
     atomic_write_text(run_dir / "overrides.json", json.dumps(overrides) + "\n")
 
 
 def load_run_config(run_dir: Path, extra: list[str]) -> tuple[DictConfig, list[str]]:
-    """The config a run started with, plus resume overrides (only budget.* and run_dir may change)."""
+    """The config a run started with, plus resume overrides (only budget.* may change)."""
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise UserError(f"{run_dir}: not a run folder (no config.yaml); give the folder a run was written to")
@@ -143,7 +182,7 @@ def load_run_config(run_dir: Path, extra: list[str]) -> tuple[DictConfig, list[s
             raise UserError(f"resume: only budget.* may be changed when resuming, not {key!r}; "
                             "start a new run to change anything else")
     stored = OmegaConf.load(cfg_path)
-    want = _hash_line(cfg_path)
+    want = _header_value(cfg_path, "config_hash")
     cfg = OmegaConf.merge(stored, OmegaConf.from_dotlist([o.lstrip("+") for o in extra]))
     got = config_hash(cfg)
     if want and got != want:
@@ -152,8 +191,10 @@ def load_run_config(run_dir: Path, extra: list[str]) -> tuple[DictConfig, list[s
     return cfg, extra
 
 
-def _hash_line(path: Path) -> str | None:
-    for line in path.read_text().splitlines()[:5]:
-        if line.startswith("# config_hash:"):
-            return line.split(":", 1)[1].strip()
+def _header_value(path: Path, key: str) -> str | None:
+    if not path.is_file():
+        return None
+    for line in path.read_text().splitlines()[:8]:
+        if line.startswith(f"# {key}:"):
+            return line.split(":", 1)[1].strip() or None
     return None

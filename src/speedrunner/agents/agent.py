@@ -50,6 +50,12 @@ class Agent:
         self.system = system
         self.role = role
         self.on_call = on_call or (lambda rec: None)
+        self.log: list[dict[str, Any]] = []  # one entry per act: the whole exchange, for transcript.json
+
+    def _logged(self, result: ActResult[T]) -> ActResult[T]:
+        self.log.append({"role": self.role, "ok": result.ok, "attempts": result.attempts, "error": result.error,
+                         "messages": result.transcript})
+        return result
 
     def act(self, prompt: str, validator: Callable[[str], T] | None = None, max_retries: int = 2) -> ActResult[T]:
         messages: list[Message] = [{"role": "system", "content": self.system}, {"role": "user", "content": prompt}]
@@ -64,21 +70,20 @@ class Agent:
                 error = f"{type(e).__name__}: {e}"
                 self.on_call({"role": self.role, "attempt": attempt, "ok": False, "model_error": error,
                               "latency_s": round(time.monotonic() - t0, 4)})
-                return ActResult(False, None, text, attempt, total, error, messages)
+                return self._logged(ActResult(False, None, text, attempt, total, error, messages))
             latency = comp.usage.latency_s or (time.monotonic() - t0)
             usage = Usage(comp.usage.tokens_in, comp.usage.tokens_out, latency, comp.usage.usd)
             total += usage
             text, reasoning = split_reasoning(comp.text, comp.reasoning)
             messages.append({"role": "assistant", "content": text})
-            rec: dict[str, Any] = {"role": self.role, "model": getattr(self.model, "name", "?"), "attempt": attempt,
-                                   "tokens_in": usage.tokens_in, "tokens_out": usage.tokens_out,
+            rec: dict[str, Any] = {**comp.meta, "role": self.role, "model": getattr(self.model, "name", "?"),
+                                   "attempt": attempt, "tokens_in": usage.tokens_in, "tokens_out": usage.tokens_out,
                                    "latency_s": round(latency, 4), "usd": usage.usd}
-            rec.update(comp.meta)
             if reasoning:
                 rec["reasoning"] = reasoning
             if validator is None:
                 self.on_call({**rec, "ok": True})
-                return ActResult(True, text, text, attempt, total, None, messages)  # type: ignore[arg-type]
+                return self._logged(ActResult(True, text, text, attempt, total, None, messages))  # type: ignore[arg-type]
             try:
                 value = validator(text)
             except Invalid as e:
@@ -87,5 +92,5 @@ class Agent:
                 messages.append({"role": "user", "content": error})
                 continue
             self.on_call({**rec, "ok": True})
-            return ActResult(True, value, text, attempt, total, None, messages)
-        return ActResult(False, None, text, max_retries + 1, total, error, messages)
+            return self._logged(ActResult(True, value, text, attempt, total, None, messages))
+        return self._logged(ActResult(False, None, text, max_retries + 1, total, error, messages))

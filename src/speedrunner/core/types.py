@@ -94,6 +94,11 @@ class Outcome:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["status"] = self.status.value
+        # NaN/inf are not JSON: write them as null
+        d["metrics"] = {k: (v if v == v and v not in (float("inf"), float("-inf")) else None)
+                        for k, v in d["metrics"].items()}
+        if d["metric"] is not None and (d["metric"] != d["metric"] or abs(d["metric"]) == float("inf")):
+            d["metric"] = None
         return d
 
     @classmethod

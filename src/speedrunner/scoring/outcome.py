@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from speedrunner.core.types import ExecResult, Outcome, Status
@@ -49,6 +50,8 @@ def score(task: Task, ex: ExecResult, changed_files: list[str] | None = None) ->
                        reason=f"the run modified files it must not: {', '.join(changed_files)}", **base)
     if primary is None:
         return buggy(f"no {task.metric.name} found in the log; last lines:\n{tail(logs['stdout'])}")
+    if math.isnan(primary) or math.isinf(primary):
+        return buggy(f"{task.metric.name} is not a finite number in the log")
     failures = [r for c in task.conditions if (r := c.check(metrics))]
     if failures:
         return Outcome(status=Status.INVALID, valid=False, reason="; ".join(failures), **base)

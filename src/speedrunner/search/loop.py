@@ -9,6 +9,7 @@ written is discarded and made again.
 from __future__ import annotations
 
 import copy
+import fcntl
 import json
 import time
 from collections.abc import Callable
@@ -21,13 +22,14 @@ from speedrunner.agents.coders.base import Coder, EditError, EditResult
 from speedrunner.agents.ideators.base import IdeaContext, Ideator
 from speedrunner.agents.listing import render_files
 from speedrunner.agents.prompts import history, job_text
+from speedrunner.core.errors import UserError
 from speedrunner.core.types import Model, Operator, Outcome, Status
 from speedrunner.execution.local import LocalExecutor
 from speedrunner.scoring.outcome import score
 from speedrunner.search.policy import GreedyPolicy
 from speedrunner.tasks.spec import Task
 from speedrunner.workspace.fsutil import atomic_write_json
-from speedrunner.workspace.journal import Journal, read_events
+from speedrunner.workspace.journal import SCHEMA_VERSION, Journal, read_events
 from speedrunner.workspace.store import Node, NodeStore, matches
 
 CODER_PROMPT = """\
@@ -84,14 +86,21 @@ class SearchRun:
         self.journal = Journal(self.run_dir / "journal.jsonl")
         self.tree: dict[int, Node] = {}
         self._current: int | None = None
-        self._transcript: list[dict[str, Any]] = []
         self.started = time.time()
         self.spend = {"llm_calls": 0, "tokens_in": 0, "tokens_out": 0, "usd": 0.0}
         self.extra_summary: dict[str, Any] = {}
+        self.prior_wall_s = 0.0  # wall time of earlier sessions of this run (resume adds to it)
+        self._agents: list[Agent] = []
 
     # ------------------------------------------------------------------ setup / resume
     def _restore(self) -> None:
         events = read_events(self.journal.path)
+        summary = self.run_dir / "summary.json"
+        if summary.is_file():
+            try:
+                self.prior_wall_s = float(json.loads(summary.read_text()).get("wall_s") or 0.0)
+            except (ValueError, json.JSONDecodeError):
+                self.prior_wall_s = 0.0
         tree = self.store.load_all()
         for nid in sorted(tree):
             if tree[nid].outcome is None and nid != 0:
@@ -136,10 +145,21 @@ class SearchRun:
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> dict[str, Any]:
+        self._lock()
+        try:
+            return self._run()
+        finally:
+            self._unlock()
+
+    def _run(self) -> dict[str, Any]:
         resumed = (self.run_dir / "journal.jsonl").stat().st_size > 0 if (self.run_dir / "journal.jsonl").exists() else False
         self._restore()
-        self.journal.write("run_resumed" if resumed else "run_started", task=self.task.id, info=self.info,
-                           max_nodes=self.budget.max_nodes)
+        beyond = [i for i in self.tree if i > self.budget.max_nodes]
+        if beyond:
+            raise UserError(f"{self.run_dir} already has {max(beyond)} agent nodes; budget.max_nodes="
+                            f"{self.budget.max_nodes} cannot be lower than that")
+        self.journal.write("run_resumed" if resumed else "run_started", schema=SCHEMA_VERSION, task=self.task.id,
+                           info=self.info, max_nodes=self.budget.max_nodes)
         if 0 not in self.tree:
             root = self.store.create_root(self.task.template_dir)
             self.tree[0] = root
@@ -175,6 +195,21 @@ class SearchRun:
         self.journal.close()
         return summary
 
+    def _lock(self) -> None:
+        """One process per run folder: a second runner (or resume) on the same folder is refused."""
+        self._lock_file = open(self.run_dir / ".lock", "w")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{self.run_dir} is in use by another speedrunner process") from None
+
+    def _unlock(self) -> None:
+        lock = getattr(self, "_lock_file", None)
+        if lock is not None:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.close()
+            self._lock_file = None
+
     def _view(self, upto: int) -> dict[int, Node]:
         """The tree as it stood before node ``upto`` was made (children filtered accordingly)."""
         view = {}
@@ -193,12 +228,14 @@ class SearchRun:
         self.journal.write("llm_call", node=self._current, model_index=self._model_index(role), **rec)
 
     def _agent(self, role: str) -> Agent:
-        return Agent(self.models[role], self.system_prompt, role, on_call=self._on_call)
+        agent = Agent(self.models[role], self.system_prompt, role, on_call=self._on_call)
+        self._agents.append(agent)
+        return agent
 
     def _make_node(self, nid: int, parent_id: int, op: Operator, view: dict[int, Node]) -> None:
         parent = self.tree[parent_id]
         self._current = nid
-        self._transcript = []
+        self._agents = []
         self.progress.node_started(nid, op, parent_id)
         self.journal.write("node_started", node=nid, parent=parent_id, operator=op.value)
         files = self.store.read_text_files(parent, self.task.editable)
@@ -207,7 +244,11 @@ class SearchRun:
         summary, hypothesis, idea_text, error = "", "", "", None
         if op is not Operator.DEBUG:
             agent = self._agent("ideator") if self.ideator.uses_model else None
-            idea = self.ideator.propose(IdeaContext(self.task, op, parent, files, hist, self.hints_text), agent)
+            try:
+                idea = self.ideator.propose(IdeaContext(self.task, op, parent, files, hist, self.hints_text), agent)
+            except Exception as e:  # a broken ideator ends this node, not the run
+                idea = None
+                self.ideator.last_error = f"{type(e).__name__}: {e}"
             if idea is None:
                 error = f"the ideator gave no usable idea: {getattr(self.ideator, 'last_error', '')}"
             else:
@@ -222,7 +263,8 @@ class SearchRun:
         node = self.store.create_child(parent, nid, op, edits, hypothesis=hypothesis, summary=summary,
                                        coder_error=error)
         self.tree[nid] = node
-        atomic_write_json(self.store.path(nid) / "transcript.json", self._transcript)
+        transcript = [entry for agent in self._agents for entry in agent.log]
+        atomic_write_json(self.store.path(nid) / "transcript.json", transcript)
         self.journal.write("node_created", node=nid, parent=parent_id, operator=op.value,
                            edited=sorted(edits), coder_error=error)
         if error is not None:
@@ -241,12 +283,19 @@ class SearchRun:
 
         def validate(text: str) -> EditResult:
             try:
-                return self.coder.apply(text, files, self.task.protected)
+                result = self.coder.apply(text, files, self.task.protected)
             except EditError as e:
                 raise Invalid(str(e)) from None
+            outside = [p for p in result.edits if not matches(p, self.task.editable)]
+            if outside:
+                raise Invalid(f"{', '.join(outside)}: not a file you may edit in this task; editable files match "
+                              f"{', '.join(self.task.editable)}. Send the whole reply again without those edits.")
+            return result
 
-        res = self._agent("coder").act(prompt, validate, max_retries=self.coder_retries)
-        self._transcript.append({"role": "coder", "ok": res.ok, "attempts": res.attempts, "messages": res.transcript})
+        try:
+            res = self._agent("coder").act(prompt, validate, max_retries=self.coder_retries)
+        except Exception as e:  # a broken coder ends this node, not the run
+            return None, f"the coder raised {type(e).__name__}: {e}"
         if not res.ok:
             return None, f"the coder's edits could not be applied after {res.attempts} attempt(s): {res.error}"
         return res.value, None
@@ -299,7 +348,7 @@ class SearchRun:
             "best_metric": best_metric,
             "best_node": best.id if best else None,
             "speedup": speedup,
-            "wall_s": round(time.time() - self.started, 2),
+            "wall_s": round(self.prior_wall_s + time.time() - self.started, 2),
             **self.spend,
             "usd": round(self.spend["usd"], 6),
             **self.extra_summary,

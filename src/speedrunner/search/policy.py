@@ -6,6 +6,10 @@ RNG: below ``debug_prob`` it debugs a random buggy leaf whose ``bug_depth`` is a
 among the root, the previous best and the newest children, with ``n_branch`` children; ties go to the
 newest node. With ``n_branch: 0`` (flat, best-of-N) every step drafts again from the root.
 
+"The previous best" is kept up to date on every step, debug steps included: before each decision the
+newest children are folded into it. Without that, a best node made just before a debug step would
+never be compared again (the debug child would replace it as "the newest children").
+
 The policy sees only finished outcomes, so the same config and the same outcomes give the same
 decisions: a resumed run replays the steps it already took and continues.
 """
@@ -74,6 +78,10 @@ class GreedyPolicy:
         """The next expansion given the finished tree. Call :meth:`observe` with the ids it created."""
         step = self.step
         self.step += 1
+        if step > 0:  # fold the children of the last step into the running best
+            pool = [tree[0]] + ([tree[self.prev_best]] if self.prev_best is not None else [])
+            best = self.best_of(pool + [tree[i] for i in self.newest])
+            self.prev_best = best.id if best is not None else None
         if step == 0:
             return Expansion(0, Operator.DRAFT, self.n_initial)
         if self.n_branch == 0:
@@ -83,15 +91,8 @@ class GreedyPolicy:
             candidates = self.debug_candidates(tree)
             if candidates:
                 return Expansion(self.rng.choice(candidates), Operator.DEBUG, 1)
-        pool = [tree[0]]
-        if self.prev_best is not None:
-            pool.append(tree[self.prev_best])
-        pool += [tree[i] for i in self.newest]
-        best = self.best_of(pool)
-        if best is None:  # nothing valid yet: keep improving from the root
-            best = tree[0]
-        self.prev_best = best.id
-        return Expansion(best.id, Operator.IMPROVE, self.n_branch)
+        parent = self.prev_best if self.prev_best is not None else 0  # nothing valid yet: improve the root
+        return Expansion(parent, Operator.IMPROVE, self.n_branch)
 
     def observe(self, created: list[int]) -> None:
         self.newest = list(created)

@@ -66,14 +66,13 @@ class TaskSpec(_Strict):
     parsers: list[ParserSpec] = Field(default_factory=list)
     valid_if: list[str] = Field(default_factory=lambda: ["exit_code == 0"])
     protected: list[str] = Field(default_factory=list)
-    editable: list[str] = Field(default_factory=lambda: ["**/*.py"])
+    editable: list[str] = Field(default_factory=lambda: ["*.py"])
     hints: str | None = None
     reference: str | None = None
     data: str | None = None
     vars: dict[str, Any] = Field(default_factory=dict)
     sizes: dict[str, SizeSpec] = Field(default_factory=dict)
     default_size: str | None = None
-    next_record: str | None = None
     record: int | None = None
     suite: str | None = None
 
@@ -120,7 +119,6 @@ class Task:
     vars: dict[str, Any]
     record: int | None = None
     suite: str | None = None
-    next_record: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def better(self, a: float, b: float) -> bool:
@@ -213,6 +211,9 @@ def load_task(spec_path: Path, task_id: str, size: str | None = None, data_dir: 
     timeout = spec.timeout_s
     values: dict[str, Any] = dict(spec.vars)
     if spec.sizes:
+        if size is None:
+            raise TaskError(f"{spec_path}: task {task_id} has sizes {sorted(spec.sizes)} but no 'default_size'; "
+                            "set default_size in the task file or choose one with task.size=...")
         if size not in spec.sizes:
             raise TaskError(
                 f"{spec_path}: task {task_id} has no size {size!r}; choose one of {sorted(spec.sizes)} "
@@ -288,5 +289,4 @@ def load_task(spec_path: Path, task_id: str, size: str | None = None, data_dir: 
         vars=values,
         record=spec.record,
         suite=spec.suite,
-        next_record=spec.next_record,
     )

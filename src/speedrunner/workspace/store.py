@@ -97,7 +97,15 @@ def _stat_entry(p: Path, linked: bool) -> dict[str, Any]:
 
 
 def matches(path: str, patterns: list[str]) -> bool:
-    return any(fnmatch.fnmatch(path, pat) or fnmatch.fnmatch(Path(path).name, pat) for pat in patterns)
+    """Glob match on the relative path, or on the file name alone ('*.py' matches 'pkg/a.py');
+    a leading '**/' also matches files at the top ('**/*.py' matches 'a.py')."""
+    name = Path(path).name
+    for pat in patterns:
+        if fnmatch.fnmatch(path, pat) or fnmatch.fnmatch(name, pat):
+            return True
+        if pat.startswith("**/") and fnmatch.fnmatch(path, pat[3:]):
+            return True
+    return False
 
 
 def is_text(p: Path, limit: int = 512 * 1024) -> bool:
