@@ -193,3 +193,64 @@ def test_scrubbed_env_function():
 def test_speedrunner_threads_follows_the_setting(tmp_path, threads):
     res, out = run(tmp_path, "import os\nprint(os.environ['SPEEDRUNNER_THREADS'])\n", threads=threads)
     assert (out / "stdout.log").read_text().strip() == str(threads)
+
+
+# ---------------------------------------------------------------------------------------------- sandbox
+
+
+def test_memory_limit_kills_the_group(tmp_path):
+    body = "import time\nblob = bytearray(400 * 1024 * 1024)\nfor i in range(0, len(blob), 4096):\n" \
+           "    blob[i] = 1\ntime.sleep(30)\n"
+    ex, _ = run(tmp_path, body, timeout_s=20, memory_limit_mb=200)
+    assert ex.killed_reason and "memory limit exceeded" in ex.killed_reason
+    assert ex.wall_s < 15
+
+
+def test_cpu_time_of_worker_processes_is_counted(tmp_path):
+    """Two worker processes each do a fixed amount of CPU work: their time is counted whatever the load."""
+    body = ("import multiprocessing as mp, time\n"
+            "def work(_):\n    t = time.process_time()\n    while time.process_time() - t < 1.0: pass\n"
+            "if __name__ == '__main__':\n    with mp.Pool(2) as p:\n        p.map(work, range(2))\n")
+    ex, _ = run(tmp_path, body, timeout_s=60, threads=1)
+    assert ex.exit_code == 0
+    assert ex.cpu_s is not None and ex.cpu_s >= 1.6, ex.cpu_s
+
+
+def test_using_more_cpu_than_the_threads_allow_is_flagged(tmp_path):
+    """CPU time above threads x wall x tolerance (+1 s) is a violation; a tight tolerance makes a plain
+    single-threaded busy loop cross it, which checks the rule without needing two idle cores."""
+    body = "import time\nt = time.process_time()\nwhile time.process_time() - t < 2.5: pass\n"
+    ex, _ = run(tmp_path, body, timeout_s=60, threads=1, cpu_tolerance=0.05)
+    assert ex.exit_code == 0
+    assert ex.violation and "thread(s) allowed" in ex.violation, (ex.cpu_s, ex.wall_s)
+
+
+def test_single_threaded_work_is_not_flagged(tmp_path):
+    body = "import time\nt = time.time()\nwhile time.time() - t < 1.0: pass\n"
+    ex, _ = run(tmp_path, body, timeout_s=30, threads=1)
+    assert ex.violation is None and ex.cpu_s is not None and ex.cpu_s > 0.5
+
+
+def test_network_is_cut_where_possible(tmp_path):
+    from speedrunner.execution.local import network_isolation_available
+
+    if not network_isolation_available():
+        pytest.skip("unshare --net is not available here")
+    body = ("import socket\n"
+            "try:\n    socket.create_connection(('1.1.1.1', 53), timeout=2)\n    print('NET: reached')\n"
+            "except OSError as e:\n    print('NET: blocked', e)\n"
+            "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
+            "c = socket.create_connection(s.getsockname()); print('LOOPBACK: ok')\n")
+    ex, out = run(tmp_path, body, timeout_s=20)
+    text = (out / "stdout.log").read_text()
+    assert "NET: blocked" in text and "LOOPBACK: ok" in text
+
+
+def test_home_and_tmp_are_inside_the_node(tmp_path):
+    body = "import os, tempfile\nprint('HOME=' + os.environ['HOME'])\nprint('TMP=' + tempfile.gettempdir())\n"
+    ex, out = run(tmp_path, body)
+    text = (out / "stdout.log").read_text()
+    home = text.split("HOME=")[1].splitlines()[0]
+    tmp = text.split("TMP=")[1].splitlines()[0]
+    assert Path(home).is_dir() and Path(home).is_relative_to(out)
+    assert Path(tmp).is_relative_to(out)

@@ -99,6 +99,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     save_config(cfg, run_dir, overrides, run.task)
     console.print(f"[bold]speedrunner[/bold] {run.task.id} · model {cfg.model.name} · scaffold {cfg.scaffold.name} "
                   f"· {run.budget.max_nodes} nodes · run folder {run_dir}")
+    for note in run.executor.notes:
+        console.print(f"[yellow]note:[/yellow] {escape(note)}")
     run.run()
     print_summary(run)
     return 0

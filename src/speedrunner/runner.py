@@ -108,7 +108,9 @@ def build(cfg: DictConfig, run_dir: Path, progress: Progress | None = None) -> S
     ideator_kwargs = _class_kwargs(cfg.ideator)
     ex = cfg.executor
     executor = LocalExecutor(timeout_s=ex.get("timeout_s"), threads=int(ex.get("threads", 1)),
-                             max_log_bytes=int(ex.get("max_log_bytes", 64 << 20)))
+                             max_log_bytes=int(ex.get("max_log_bytes", 64 << 20)),
+                             memory_limit_mb=ex.get("memory_limit_mb"), network=bool(ex.get("network", False)),
+                             cpu_tolerance=float(ex.get("cpu_tolerance", 1.5)))
     if int(cfg.budget.max_nodes) < 0:
         raise UserError("budget.max_nodes must be 0 or more")
     return SearchRun(

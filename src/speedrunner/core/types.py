@@ -76,6 +76,9 @@ class ExecResult:
     killed_reason: str | None = None
     stdout_path: str = "stdout.log"
     stderr_path: str = "stderr.log"
+    cpu_s: float | None = None  # user + system CPU time of the process (and the children it waited for)
+    max_rss_mb: float | None = None
+    violation: str | None = None  # a sandbox rule the run broke without being killed (e.g. too many threads)
 
 
 @dataclass

@@ -1,17 +1,25 @@
 """Run a node's command on this machine, in its own process group, with a hard wall-clock timeout.
 
-The whole group is killed at the timeout or when a log grows past ``max_log_bytes``, so nothing a
-node starts outlives it. Output goes straight to files, so a flood of output never blocks the runner.
+The sandbox, in order of strength:
+- the whole process group is killed at the timeout, when the logs grow past ``max_log_bytes`` or when
+  the group's resident memory passes ``memory_limit_mb``; nothing a node starts outlives it;
+- the environment is scrubbed of keys and provider variables; HOME and TMPDIR point inside the node;
+- the network is cut (a new network namespace with only loopback) where the platform allows it;
+- CPU time is measured: a node that used more cores than its ``threads`` is flagged, since its time
+  would not be comparable.
+Output goes straight to files, so a flood of output never blocks the runner.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from speedrunner.core.types import ExecResult
@@ -20,6 +28,8 @@ from speedrunner.core.types import ExecResult
 _SECRET = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL|_AUTH)", re.IGNORECASE)
 _PROVIDER_PREFIXES = ("OPENAI", "ANTHROPIC", "GEMINI", "GOOGLE", "DEEPSEEK", "AZURE", "AWS", "LITELLM",
                       "HF_", "HUGGING", "MISTRAL", "COHERE", "TOGETHER", "GROQ", "OPENROUTER")
+_NETNS_WRAPPER = ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up 2>/dev/null; exec "$@"', "sh"]
+_netns_ok: bool | None = None
 
 
 def scrubbed_env(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -30,59 +40,139 @@ def scrubbed_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def network_isolation_available() -> bool:
+    """Whether ``unshare --net`` works here (root, or user namespaces allowed). Checked once."""
+    global _netns_ok
+    if _netns_ok is None:
+        if not sys.platform.startswith("linux") or shutil.which("unshare") is None:
+            _netns_ok = False
+        else:
+            try:
+                r = subprocess.run(["unshare", "--net", "--", "true"], capture_output=True, timeout=10)
+                _netns_ok = r.returncode == 0
+            except (OSError, subprocess.TimeoutExpired):
+                _netns_ok = False
+    return _netns_ok
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def group_stats(pgid: int) -> tuple[float, dict[int, float]]:
+    """Resident memory (MiB) of every process in the group, and each one's CPU seconds so far
+    (its own plus its reaped children's), from Linux /proc."""
+    total_pages = 0
+    cpu: dict[int, float] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return 0.0, cpu
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(fields[2]) == pgid:  # field 5 of stat: the process group
+                total_pages += int(fields[21])  # field 24: rss in pages
+                # fields 14-17: utime, stime, cutime, cstime (clock ticks)
+                cpu[int(name)] = sum(int(x) for x in fields[11:15]) / _TICK
+        except (OSError, ValueError, IndexError):
+            continue
+    return total_pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20), cpu
+
+
 @dataclass
 class LocalExecutor:
     timeout_s: float | None = None  # overrides the task's timeout when set
     threads: int = 1
     max_log_bytes: int = 64 * 1024 * 1024
+    memory_limit_mb: float | None = None  # resident memory of the node's process group
+    network: bool = False  # False: cut the network where the platform allows it
+    cpu_tolerance: float = 1.5  # flag a node whose CPU time exceeds threads x wall x this (+1 s)
     poll_s: float = 0.05
     kill_grace_s: float = 2.0
+    notes: list[str] = field(default_factory=list)  # said once, e.g. "network isolation unavailable"
+
+    def __post_init__(self) -> None:
+        self.isolate = False
+        if not self.network:
+            self.isolate = network_isolation_available()
+            if not self.isolate:
+                self.notes.append("network isolation is not available on this machine (unshare --net failed); "
+                                  "node code can reach the network")
 
     def run(self, command: list[str], cwd: Path, out_dir: Path, timeout_s: float,
             env: dict[str, str] | None = None) -> ExecResult:
         timeout = float(self.timeout_s or timeout_s)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        home, tmp = out_dir / "home", out_dir / "tmp"
+        home.mkdir(exist_ok=True)
+        tmp.mkdir(exist_ok=True)
         full_env = scrubbed_env()
         n = str(self.threads)
         full_env.update(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n, SPEEDRUNNER_THREADS=n,
-                        PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
+                        PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1", HOME=str(home), TMPDIR=str(tmp),
+                        XDG_CACHE_HOME=str(home / ".cache"))
         full_env.update(env or {})
-        out_dir.mkdir(parents=True, exist_ok=True)
+        argv = (_NETNS_WRAPPER + list(command)) if self.isolate else list(command)
         stdout_path, stderr_path = out_dir / "stdout.log", out_dir / "stderr.log"
         t0 = time.monotonic()
         with open(stdout_path, "wb") as fo, open(stderr_path, "wb") as fe:
             try:
-                proc = subprocess.Popen(command, cwd=cwd, env=full_env, stdout=fo, stderr=fe,
+                proc = subprocess.Popen(argv, cwd=cwd, env=full_env, stdout=fo, stderr=fe,
                                         stdin=subprocess.DEVNULL, start_new_session=True)
             except OSError as e:
                 fe.write(f"cannot start {command[0]!r}: {e}\n".encode())
                 return ExecResult(exit_code=127, wall_s=0.0, killed_reason=f"cannot start: {e}",
                                   stdout_path=str(stdout_path), stderr_path=str(stderr_path))
-            reason = None
-            timed_out = False
-            next_size_check = t0
+            reason, timed_out, status, usage = None, False, None, None
+            peak_mb = 0.0
+            seen_cpu: dict[int, float] = {}  # per process, the largest CPU time observed
+            next_check = t0
+            nap = 0.001  # adaptive: short runs end promptly, long ones are polled every poll_s
             while True:
-                try:
-                    proc.wait(timeout=self.poll_s)
+                pid, st, ru = os.wait4(proc.pid, os.WNOHANG)
+                if pid == proc.pid:
+                    status, usage = st, ru
                     break
-                except subprocess.TimeoutExpired:
-                    pass
                 now = time.monotonic()
                 if now - t0 > timeout:
                     timed_out, reason = True, f"timed out after {timeout:g} s"
                     break
-                if now >= next_size_check:
-                    next_size_check = now + 0.5
-                    size = _size(stdout_path) + _size(stderr_path)
-                    if size > self.max_log_bytes:
+                if now >= next_check:
+                    next_check = now + 0.25
+                    if _size(stdout_path) + _size(stderr_path) > self.max_log_bytes:
                         reason = f"log exceeded {self.max_log_bytes} bytes"
                         break
+                    rss, cpu = group_stats(proc.pid)
+                    peak_mb = max(peak_mb, rss)
+                    for pid_, c in cpu.items():
+                        seen_cpu[pid_] = max(seen_cpu.get(pid_, 0.0), c)
+                    if self.memory_limit_mb:
+                        if rss > self.memory_limit_mb:
+                            reason = f"memory limit exceeded: {rss:.0f} MiB > {self.memory_limit_mb:g} MiB"
+                            break
+                time.sleep(nap)
+                nap = min(nap * 2, self.poll_s)
             if reason is not None:
-                _kill_group(proc, self.kill_grace_s)
+                status, usage = _kill_group(proc, self.kill_grace_s)
             else:
-                _kill_group(proc, 0.0, only_leftovers=True)
+                _kill_leftovers(proc.pid)
             wall = time.monotonic() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status) if status is not None else -signal.SIGKILL
+        # children that were never reaped by the leader are missing from its rusage: take the larger measure
+        own = (usage.ru_utime + usage.ru_stime) if usage is not None else 0.0
+        cpu_s = max(own, sum(seen_cpu.values())) if (usage is not None or seen_cpu) else None
+        violation = None
+        if cpu_s is not None and reason is None and cpu_s > self.threads * wall * self.cpu_tolerance + 1.0:
+            violation = (f"used {cpu_s:.1f} CPU-seconds in {wall:.1f} s with {self.threads} thread(s) allowed: "
+                         "it ran more threads than the task gives it")
         return ExecResult(exit_code=proc.returncode, wall_s=wall, timed_out=timed_out, killed_reason=reason,
-                          stdout_path=str(stdout_path), stderr_path=str(stderr_path))
+                          stdout_path=str(stdout_path), stderr_path=str(stderr_path), cpu_s=cpu_s,
+                          max_rss_mb=(usage.ru_maxrss / 1024) if usage is not None else peak_mb or None,
+                          violation=violation)
 
 
 def _size(p: Path) -> int:
@@ -92,22 +182,27 @@ def _size(p: Path) -> int:
         return 0
 
 
-def _kill_group(proc: subprocess.Popen, grace_s: float, only_leftovers: bool = False) -> None:
-    """SIGTERM then SIGKILL the process group (the leader may already be gone; its children may not)."""
+def _kill_group(proc: subprocess.Popen, grace_s: float):
+    """SIGTERM, then SIGKILL, the whole group; reap the leader. Returns its wait status and rusage."""
     try:
-        pgid = proc.pid  # start_new_session makes the child the leader of a group with its own pid
-        if not only_leftovers:
-            os.killpg(pgid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                pass
+        os.killpg(proc.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        pid, st, ru = os.wait4(proc.pid, os.WNOHANG)
+        if pid == proc.pid:
+            _kill_leftovers(proc.pid)
+            return st, ru
+        time.sleep(0.02)
+    _kill_leftovers(proc.pid)
+    _, st, ru = os.wait4(proc.pid, 0)
+    return st, ru
+
+
+def _kill_leftovers(pgid: int) -> None:
+    """Whatever is left of the group (children that outlived their parent) is killed."""
+    try:
         os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    except PermissionError:
-        pass
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
+    except (ProcessLookupError, PermissionError):
         pass

@@ -33,6 +33,8 @@ def score(task: Task, ex: ExecResult, changed_files: list[str] | None = None) ->
     logs = {"stdout": read_log(ex.stdout_path), "stderr": read_log(ex.stderr_path)}
     metrics = parse_metrics(task.parsers, logs)
     metrics["wall_s"] = round(ex.wall_s, 4)
+    if ex.cpu_s is not None:
+        metrics["cpu_s"] = round(ex.cpu_s, 3)
     if ex.exit_code is not None:
         metrics["exit_code"] = float(ex.exit_code)
     primary = metrics.get(task.metric.name)
@@ -45,6 +47,8 @@ def score(task: Task, ex: ExecResult, changed_files: list[str] | None = None) ->
         return buggy(f"{ex.killed_reason}; last lines:\n{tail(logs['stderr'] or logs['stdout'])}")
     if ex.exit_code != 0:
         return buggy(f"exit code {ex.exit_code}; last lines:\n{tail(logs['stderr'] or logs['stdout'])}")
+    if ex.violation:
+        return Outcome(status=Status.INVALID, valid=False, reason=ex.violation, **base)
     if changed_files:
         return Outcome(status=Status.INVALID, valid=False,
                        reason=f"the run modified files it must not: {', '.join(changed_files)}", **base)
