@@ -31,7 +31,7 @@ def test_condition_parse_good(text, expected):
 
 
 @pytest.mark.parametrize("text", [
-    "", "val_loss", "val_loss <= ", "val_loss => 3", "val_loss = 3", "3.28 >= val_loss", "val_loss <= abc",
+    "", "val_loss", "val_loss <= ", "val_loss => 3", "val_loss = 3", "3.28 >= val_loss", "val_loss <= 3.2.8",
     "val loss <= 3", "val_loss <= 3 or 1", "__import__('os').system('x') == 0", "val_loss <= 3.2.8",
 ])
 def test_condition_parse_bad(text):
@@ -133,3 +133,12 @@ def test_parse_metrics_sources_and_later_parser_wins():
 def test_parsing_is_deterministic():
     p = Parser(compile_pattern(r"val_loss (?P<val_loss>[0-9.]+)"))
     assert all(p.parse(LOG) == {"val_loss": 3.27} for _ in range(5))
+
+
+def test_condition_between_two_metrics():
+    c = Condition.parse("train_time <= wall_ms")
+    assert c.other == "wall_ms" and c.names == ["train_time", "wall_ms"]
+    assert c.check({"train_time": 900.0, "wall_ms": 1000.0}) is None
+    msg = c.check({"train_time": 1500.0, "wall_ms": 1000.0})
+    assert msg and "train_time = 1500" in msg and "wall_ms = 1000" in msg
+    assert c.check({"train_time": 1.0}) == "wall_ms not found in the log"

@@ -93,6 +93,8 @@ class Outcome:
     exit_code: int | None = None
     wall_s: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    # Worth a human's look, but not invalidating (e.g. "reads the held-out test split").
+    flags: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

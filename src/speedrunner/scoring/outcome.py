@@ -33,6 +33,7 @@ def score(task: Task, ex: ExecResult, changed_files: list[str] | None = None) ->
     logs = {"stdout": read_log(ex.stdout_path), "stderr": read_log(ex.stderr_path)}
     metrics = parse_metrics(task.parsers, logs)
     metrics["wall_s"] = round(ex.wall_s, 4)
+    metrics["wall_ms"] = round(ex.wall_s * 1000, 1)
     if ex.cpu_s is not None:
         metrics["cpu_s"] = round(ex.cpu_s, 3)
     if ex.exit_code is not None:

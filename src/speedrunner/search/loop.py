@@ -25,12 +25,13 @@ from speedrunner.agents.prompts import history, job_text
 from speedrunner.core.errors import UserError
 from speedrunner.core.types import Model, Operator, Outcome, Status
 from speedrunner.execution.local import LocalExecutor
+from speedrunner.scoring import integrity
 from speedrunner.scoring.outcome import score
 from speedrunner.search.policy import GreedyPolicy
 from speedrunner.tasks.spec import Task
 from speedrunner.workspace.fsutil import atomic_write_json
 from speedrunner.workspace.journal import SCHEMA_VERSION, Journal, read_events
-from speedrunner.workspace.store import Node, NodeStore, matches
+from speedrunner.workspace.store import Node, NodeStore, matches, unified_diff
 
 CODER_PROMPT = """\
 # Your job
@@ -302,14 +303,24 @@ class SearchRun:
 
     def _execute(self, node: Node) -> None:
         ndir = self.store.path(node.id)
+        ws = self.store.workspace(node.id)
+        guarded = integrity.protected_paths(ws, self.task.protected)
+        before = integrity.snapshot(guarded)
         self.journal.write("exec_started", node=node.id, command=self.task.command)
-        ex = self.executor.run(self.task.command, cwd=self.store.workspace(node.id), out_dir=ndir,
-                               timeout_s=self.task.timeout_s, env=self.task.env)
+        ex = self.executor.run(self.task.command, cwd=ws, out_dir=ndir, timeout_s=self.task.timeout_s,
+                               env=self.task.env)
         self.journal.write("exec_finished", node=node.id, exit_code=ex.exit_code, wall_s=round(ex.wall_s, 4),
-                           timed_out=ex.timed_out, killed_reason=ex.killed_reason)
-        outcome = score(self.task, ex, self.store.files_changed(node))
+                           timed_out=ex.timed_out, killed_reason=ex.killed_reason, cpu_s=ex.cpu_s)
+        tampered = integrity.changed(before, integrity.protected_paths(ws, self.task.protected))
+        outcome = score(self.task, ex, self.store.files_changed(node) + [f"{p} (protected)" for p in tampered])
         outcome.timings["exec_s"] = round(ex.wall_s, 4)
+        if node.id != 0 and self.task.suspicious:
+            outcome.flags = integrity.suspicious_flags(self._diff_from_root(node), self.task.suspicious)
         self._finish(node, outcome)
+
+    def _diff_from_root(self, node: Node) -> str:
+        root, pats = self.tree[0], self.task.editable
+        return unified_diff(dict(self.store.read_text_files(root, pats)), dict(self.store.read_text_files(node, pats)))
 
     def _finish(self, node: Node, outcome: Outcome) -> None:
         self.store.write_result(node, outcome)

@@ -11,7 +11,8 @@ import math
 import re
 from dataclasses import dataclass
 
-_COND = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(==|!=|<=|>=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_COND = re.compile(rf"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(==|!=|<=|>=|<|>)\s*({_NUM}|[A-Za-z_][A-Za-z0-9_]*)\s*$")
 _OPS = {
     "==": lambda a, b: a == b,
     "!=": lambda a, b: a != b,
@@ -24,33 +25,47 @@ _OPS = {
 
 @dataclass(frozen=True)
 class Condition:
+    """``<metric> <op> <number>`` or ``<metric> <op> <metric>`` (e.g. ``train_time <= wall_ms``)."""
+
     name: str
     op: str
-    value: float
+    value: float | None = None
+    other: str | None = None  # a metric name on the right-hand side
 
     @classmethod
     def parse(cls, text: str) -> Condition:
         m = _COND.match(text)
         if not m:
             raise ValueError(
-                f"cannot parse condition {text!r}; expected '<metric> <op> <number>' with op one of "
-                "==, !=, <=, >=, <, > (for example 'val_loss <= 3.28')"
+                f"cannot parse condition {text!r}; expected '<metric> <op> <number or metric>' with op one of "
+                "==, !=, <=, >=, <, > (for example 'val_loss <= 3.28' or 'train_time <= wall_ms')"
             )
-        return cls(m.group(1), m.group(2), float(m.group(3)))
+        rhs = m.group(3)
+        if re.fullmatch(_NUM, rhs):
+            return cls(m.group(1), m.group(2), float(rhs))
+        return cls(m.group(1), m.group(2), None, rhs)
+
+    @property
+    def names(self) -> list[str]:
+        return [self.name] + ([self.other] if self.other else [])
 
     def check(self, values: dict[str, float]) -> str | None:
         """None when the condition holds, else a short human-readable reason."""
-        if self.name not in values:
-            return f"{self.name} not found in the log"
+        for name in self.names:
+            if name not in values:
+                return f"{name} not found in the log"
+            v = values[name]
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                return f"{name} is NaN"
         v = values[self.name]
-        if isinstance(v, float) and math.isnan(v):
-            return f"{self.name} is NaN"
-        if _OPS[self.op](v, self.value):
+        rhs = values[self.other] if self.other else self.value
+        if _OPS[self.op](v, rhs):
             return None
-        return f"{self.name} = {_fmt(v)} fails {self.name} {self.op} {_fmt(self.value)}"
+        rhs_s = f"{self.other} = {_fmt(rhs)}" if self.other else _fmt(rhs)
+        return f"{self.name} = {_fmt(v)} fails {self.name} {self.op} {rhs_s}"
 
     def __str__(self) -> str:
-        return f"{self.name} {self.op} {_fmt(self.value)}"
+        return f"{self.name} {self.op} {self.other or _fmt(self.value)}"
 
 
 def _fmt(x: float) -> str:

@@ -20,6 +20,8 @@ from speedrunner.core.errors import TaskError
 from speedrunner.tasks.metrics import Condition, Parser, compile_pattern
 
 TASK_FILE = "task.yaml"
+# Measured by the harness for every run, usable in metric and valid_if like parsed values.
+BUILTIN_METRICS = ("exit_code", "wall_s", "wall_ms", "cpu_s")
 
 
 class _Strict(BaseModel):
@@ -48,6 +50,22 @@ class ParserSpec(_Strict):
         return v
 
 
+class SuspiciousSpec(_Strict):
+    pattern: str
+    message: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        import re
+
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"invalid regular expression: {e}") from None
+        return v
+
+
 class SizeSpec(_Strict):
     vars: dict[str, Any] = Field(default_factory=dict)
     timeout_s: float | None = None
@@ -66,6 +84,7 @@ class TaskSpec(_Strict):
     parsers: list[ParserSpec] = Field(default_factory=list)
     valid_if: list[str] = Field(default_factory=lambda: ["exit_code == 0"])
     protected: list[str] = Field(default_factory=list)
+    suspicious: list[SuspiciousSpec] = Field(default_factory=list)
     editable: list[str] = Field(default_factory=lambda: ["*.py"])
     hints: str | None = None
     reference: str | None = None
@@ -110,7 +129,7 @@ class Task:
     metric: MetricSpec
     parsers: list[Parser]
     conditions: list[Condition]
-    protected: list[str]
+    protected: list[str]  # globs over the workspace; absolute paths (e.g. {data_dir}/val.bin) are outside files
     editable: list[str]
     hints_dir: Path | None
     reference_dir: Path | None
@@ -119,6 +138,7 @@ class Task:
     vars: dict[str, Any]
     record: int | None = None
     suite: str | None = None
+    suspicious: list[tuple[str, str]] = field(default_factory=list)  # (regex, message) over changed lines
     extra: dict[str, Any] = field(default_factory=dict)
 
     def better(self, a: float, b: float) -> bool:
@@ -255,17 +275,17 @@ def load_task(spec_path: Path, task_id: str, size: str | None = None, data_dir: 
         except ValueError as e:
             raise TaskError(f"{spec_path}: field 'valid_if[{i}]': {e}") from None
     parsers = [Parser(compile_pattern(p.pattern), p.match, p.source) for p in spec.parsers]
-    produced = {name for p in parsers for name in p.pattern.groupindex} | {"exit_code", "wall_s"}
+    produced = {name for p in parsers for name in p.pattern.groupindex} | set(BUILTIN_METRICS)
     if spec.metric.name not in produced:
         raise TaskError(
             f"{spec_path}: field 'metric.name': {spec.metric.name!r} is produced by no parser; "
             f"parsers give {sorted(produced)}"
         )
     for c in conditions:
-        if c.name not in produced:
-            raise TaskError(
-                f"{spec_path}: field 'valid_if': {c.name!r} is produced by no parser; parsers give {sorted(produced)}"
-            )
+        for name in c.names:
+            if name not in produced:
+                raise TaskError(f"{spec_path}: field 'valid_if': {name!r} is produced by no parser; "
+                                f"parsers give {sorted(produced)}")
     return Task(
         id=task_id,
         name=spec.name,
@@ -280,7 +300,8 @@ def load_task(spec_path: Path, task_id: str, size: str | None = None, data_dir: 
         metric=spec.metric,
         parsers=parsers,
         conditions=conditions,
-        protected=list(spec.protected),
+        protected=[_fill(spec_path, f"protected[{i}]", p, values) for i, p in enumerate(spec.protected)],
+        suspicious=[(s.pattern, s.message) for s in spec.suspicious],
         editable=list(spec.editable),
         hints_dir=rel(spec.hints, "hints"),
         reference_dir=rel(spec.reference, "reference"),
