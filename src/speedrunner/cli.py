@@ -192,6 +192,34 @@ def cmd_ladder(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Re-evaluate any folder against a task; print a JSON verdict; exit 0 only if valid."""
+    import tempfile
+
+    from speedrunner.execution.local import LocalExecutor
+    from speedrunner.runner import prepare_data
+    from speedrunner.scoring.reeval import reevaluate
+    from speedrunner.tasks.registry import get_task
+    from speedrunner.workspace.store import SKIP_DIRS
+
+    folder = Path(args.dir)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: not a folder; give the folder holding the code to verify (e.g. nodes/v_3/workspace)")
+    task = get_task(args.task, args.size, args.task_paths)
+    if task.data:
+        task = get_task(args.task, args.size, args.task_paths, data_dir=prepare_data(task.data))
+    files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*"))
+             if p.is_file() and not SKIP_DIRS.intersection(p.relative_to(folder).parts)}
+    with tempfile.TemporaryDirectory(prefix="speedrunner-verify-") as tmp:
+        verdict = reevaluate(task, files, Path(tmp), LocalExecutor(threads=args.threads), args.runs)
+    out = {"task": task.id, "size": task.size, "dir": str(folder.resolve()), "valid": verdict["valid"],
+           "reasons": verdict["reasons"], task.metric.name: verdict["metric_mean"],
+           f"{task.metric.name}_std": verdict["metric_std"], "val_loss": verdict["val_loss"],
+           "test_loss": verdict["test_loss"], "runs": args.runs}
+    print(json.dumps(out, indent=2))
+    return 0 if verdict["valid"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="speedrunner", description="LLM research agents on the NanoGPT speedrun.")
     p.add_argument("--version", action="version", version=f"speedrunner {__version__}")
@@ -211,6 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tasks", help="list the tasks speedrunner knows")
     t.add_argument("--task-paths", nargs="*", default=[], help="extra folders to search for task.yaml files")
     t.set_defaults(func=cmd_tasks)
+
+    v = sub.add_parser("verify", help="re-evaluate a folder against a task: speedrunner verify --task T DIR")
+    v.add_argument("dir", help="the folder with the code (e.g. a node's workspace)")
+    v.add_argument("--task", required=True, help="task id, e.g. nanogpt_mini/record_3")
+    v.add_argument("--size", default=None, help="task size (default: the task's default)")
+    v.add_argument("--runs", type=int, default=3, help="independent runs (default 3)")
+    v.add_argument("--threads", type=int, default=1)
+    v.add_argument("--task-paths", nargs="*", default=[], help="extra folders to search for task.yaml files")
+    v.set_defaults(func=cmd_verify)
 
     d = sub.add_parser("data", help="prepare or check a data set: speedrunner data prepare nanogpt_mini")
     d.add_argument("action", choices=["prepare", "check"])

@@ -29,6 +29,7 @@ from speedrunner.core.registry import resolve
 from speedrunner.execution.local import LocalExecutor
 from speedrunner.llm.factory import build_model
 from speedrunner.scoring.fsr import fsr_for_run
+from speedrunner.scoring.reeval import reeval_for_run
 from speedrunner.search.loop import Budget, Progress, SearchRun
 from speedrunner.search.policy import GreedyPolicy
 from speedrunner.tasks.knowledge import format_hints, select_hints
@@ -123,7 +124,8 @@ def build(cfg: DictConfig, run_dir: Path, progress: Progress | None = None) -> S
               "config_hash": config_hash(cfg)},
         hints_text=format_hints(hints), coder_retries=int(cfg.coder.get("max_retries", 2)),
         progress=progress or Progress(),
-        summary_hooks=[fsr_for_run],
+        summary_hooks=[reeval_for_run, fsr_for_run],
+        reeval_cfg=OmegaConf.to_container(cfg.reeval, resolve=True) if "reeval" in cfg else {},
     )
 
 

@@ -55,8 +55,13 @@ def fsr_for_run(run) -> dict[str, Any] | None:
         atomic_write_json(cache, ref)
     best = run.best_node()
     t_agent = best.outcome.metric if best is not None and best.outcome is not None else None
+    reeval = run.extra_summary.get("reeval")
+    if reeval is not None:  # trusted times: the node chosen by re-evaluation, its mean over the re-runs
+        chosen = reeval.get("chosen_node")
+        best = run.tree.get(chosen) if chosen is not None else None
+        t_agent = reeval["nodes"][str(chosen)]["metric_mean"] if chosen is not None else None
     out: dict[str, Any] = {"t_R": ref.get("t_R"), "t_next": ref.get("t_next"), "t_agent": t_agent,
-                           "fsr_source": ref["source"]}
+                           "fsr_source": ref["source"], "t_agent_source": "reeval" if reeval is not None else "search"}
     if best is None or best.id == 0:
         out["fsr"] = 0.0  # nothing beat the starting code
     elif out["t_R"] is None or out["t_next"] is None:

@@ -78,6 +78,7 @@ class SearchRun:
     hints_text: str = ""
     coder_retries: int = 2
     progress: Progress = field(default_factory=Progress)
+    reeval_cfg: dict[str, Any] = field(default_factory=dict)  # config 'reeval': runs, all_valid, max_candidates
     # Called once at the end with the finished run; their dicts are merged into summary.json (FSR does this).
     summary_hooks: list[Callable[[SearchRun], dict[str, Any] | None]] = field(default_factory=list)
 

@@ -66,6 +66,16 @@ class SuspiciousSpec(_Strict):
         return v
 
 
+class ReevalSpec(_Strict):
+    """How the harness re-evaluates a node itself (see scoring/reeval.py)."""
+
+    export_env: str | None = None  # env var through which the harness asks the script to export its model
+    evaluator: str | None = None  # "package.module:function" scoring the export on held-out data
+    evaluator_args: dict[str, Any] = Field(default_factory=dict)  # placeholders allowed in string values
+    max_test_gap: float | None = None  # invalid when test loss > reported val_loss + this
+    mismatch_tolerance: float = 0.1  # flag when the node's own metric differs from the re-runs by more
+
+
 class SizeSpec(_Strict):
     vars: dict[str, Any] = Field(default_factory=dict)
     timeout_s: float | None = None
@@ -85,6 +95,7 @@ class TaskSpec(_Strict):
     valid_if: list[str] = Field(default_factory=lambda: ["exit_code == 0"])
     protected: list[str] = Field(default_factory=list)
     suspicious: list[SuspiciousSpec] = Field(default_factory=list)
+    reeval: ReevalSpec = Field(default_factory=ReevalSpec)
     editable: list[str] = Field(default_factory=lambda: ["*.py"])
     hints: str | None = None
     reference: str | None = None
@@ -139,6 +150,7 @@ class Task:
     record: int | None = None
     suite: str | None = None
     suspicious: list[tuple[str, str]] = field(default_factory=list)  # (regex, message) over changed lines
+    reeval: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def better(self, a: float, b: float) -> bool:
@@ -216,6 +228,15 @@ def _fill(path: Path, where: str, text: str, values: dict[str, Any]) -> str:
         return _Fill(path, where, values).format(text)
     except (ValueError, IndexError) as e:
         raise TaskError(f"{path}: field '{where}': bad placeholder in {text!r}: {e}") from None
+
+
+def _number(text: str) -> Any:
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
 
 
 def load_task(spec_path: Path, task_id: str, size: str | None = None, data_dir: Path | None = None) -> Task:
@@ -302,6 +323,9 @@ def load_task(spec_path: Path, task_id: str, size: str | None = None, data_dir: 
         conditions=conditions,
         protected=[_fill(spec_path, f"protected[{i}]", p, values) for i, p in enumerate(spec.protected)],
         suspicious=[(s.pattern, s.message) for s in spec.suspicious],
+        reeval={**spec.reeval.model_dump(), "evaluator_args": {
+            k: _number(_fill(spec_path, f"reeval.evaluator_args.{k}", v, values)) if isinstance(v, str) else v
+            for k, v in spec.reeval.evaluator_args.items()}},
         editable=list(spec.editable),
         hints_dir=rel(spec.hints, "hints"),
         reference_dir=rel(spec.reference, "reference"),

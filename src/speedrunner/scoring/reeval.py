@@ -1,0 +1,129 @@
+"""Trusted re-evaluation: the harness re-runs a node's code itself, in clean copies, K times.
+
+Each run starts from the node's source files only (nothing its own run left behind), under the task's
+contract. When the task declares an evaluator, the harness also asks the script to export its trained
+model (``reeval.export_env``) and computes the held-out test loss itself (see ``lm_eval.py``). A run is
+valid only if it meets the task's validity conditions, its export scores, and the test loss is not
+far worse than the validation loss the script reported (``max_test_gap``).
+
+The run's FSR uses the re-evaluated times; a node whose own time differs from them by more than
+``mismatch_tolerance`` is flagged.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import statistics
+from pathlib import Path
+from typing import Any
+
+from speedrunner.core.errors import UserError
+from speedrunner.execution.local import LocalExecutor
+from speedrunner.scoring.outcome import score
+from speedrunner.tasks.spec import Task
+from speedrunner.workspace.fsutil import atomic_write_json, read_json
+
+
+def _evaluator(path: str):
+    mod, _, fn = path.partition(":")
+    try:
+        return getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise UserError(f"reeval.evaluator: cannot import {path!r} ({e}); expected 'package.module:function'") from None
+
+
+def reevaluate(task: Task, files: dict[str, Path], work: Path, executor: LocalExecutor, runs: int) -> dict[str, Any]:
+    """Run ``files`` (relative path -> source file) ``runs`` times; return the verdict."""
+    spec = task.reeval
+    results = []
+    for k in range(runs):
+        rdir = work / f"run_{k}"
+        shutil.rmtree(rdir, ignore_errors=True)
+        ws = rdir / "workspace"
+        for rel, src in files.items():
+            dst = ws / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+        env = dict(task.env)
+        export = None
+        if spec.get("export_env"):
+            export = rdir / "export" / "model.pt"
+            export.parent.mkdir(parents=True, exist_ok=True)
+            env[spec["export_env"]] = str(export)
+        ex = executor.run(task.command, cwd=ws, out_dir=rdir, timeout_s=task.timeout_s, env=env)
+        out = score(task, ex)
+        rec: dict[str, Any] = {"run": k, "valid": out.valid, "reason": out.reason, "metric": out.metric,
+                               "metrics": out.to_json()["metrics"], "cpu_s": ex.cpu_s}
+        if out.valid and spec.get("evaluator"):
+            try:
+                if export is None or not export.is_file():
+                    raise ValueError(f"the script wrote no model export to ${spec['export_env']}")
+                rec.update(_evaluator(spec["evaluator"])(export_path=export, **spec.get("evaluator_args", {})))
+                gap = spec.get("max_test_gap")
+                val = out.metrics.get("val_loss")
+                if gap is not None and val is not None and rec["test_loss"] > val + float(gap):
+                    rec["valid"] = False
+                    rec["reason"] = (f"held-out test loss {rec['test_loss']:.4f} is more than {gap} above the "
+                                     f"reported val_loss {val:.4f}")
+            except Exception as e:  # the export is agent-made: any failure is the node's, not the harness's
+                rec["valid"], rec["reason"] = False, f"export/evaluation failed: {type(e).__name__}: {e}"
+        results.append(rec)
+    metrics = [r["metric"] for r in results if r["valid"] and r["metric"] is not None]
+    valid = bool(results) and all(r["valid"] for r in results)
+    verdict: dict[str, Any] = {
+        "valid": valid,
+        "reasons": [f"run {r['run']}: {r['reason']}" for r in results if not r["valid"]],
+        "runs": results,
+        "metric_mean": statistics.fmean(metrics) if metrics else None,
+        "metric_std": statistics.stdev(metrics) if len(metrics) > 1 else 0.0 if metrics else None,
+    }
+    for key in ("val_loss", "test_loss", "train_time"):
+        vals = [r["metrics"].get(key) if key != "test_loss" else r.get("test_loss") for r in results if r["valid"]]
+        vals = [v for v in vals if v is not None]
+        verdict[key] = statistics.fmean(vals) if vals else None
+    return verdict
+
+
+def node_files(store, node) -> dict[str, Path]:
+    ws = store.workspace(node.id)
+    return {rel: ws / rel for rel in node.files}
+
+
+def reeval_for_run(run) -> dict[str, Any] | None:
+    """Re-evaluate the best node (falling back to the next best when it fails) of a finished run; with
+    ``all_valid``, every valid node. Results are cached in RUN_DIR/reeval/results.json for resume."""
+    runs = int(run.reeval_cfg.get("runs", 0)) if getattr(run, "reeval_cfg", None) else 0
+    if runs <= 0:
+        return None
+    cache = Path(run.run_dir) / "reeval" / "results.json"
+    done: dict[str, Any] = read_json(cache) if cache.is_file() else {}
+    ranked = [n for n in sorted(run.tree.values(), key=lambda n: n.id)
+              if n.id != 0 and n.outcome is not None and n.outcome.valid and n.outcome.metric is not None]
+    sign = 1 if run.task.metric.direction == "minimize" else -1
+    ranked.sort(key=lambda n: (sign * n.outcome.metric, -n.id))
+    targets = ranked if run.reeval_cfg.get("all_valid") else ranked[: int(run.reeval_cfg.get("max_candidates", 3))]
+    chosen = None
+    for node in targets:
+        key = str(node.id)
+        if key not in done:
+            run.journal.write("reeval_started", node=node.id, runs=runs)
+            done[key] = reevaluate(run.task, node_files(run.store, node), Path(run.run_dir) / "reeval" / node.name,
+                                   run.executor, runs)
+            tol = float(run.task.reeval.get("mismatch_tolerance", 0.1))
+            mean = done[key]["metric_mean"]
+            if mean and node.outcome.metric and abs(node.outcome.metric - mean) / mean > tol:
+                done[key]["mismatch"] = (f"the node's own {run.task.metric.name} ({node.outcome.metric:.6g}) differs "
+                                         f"from the re-evaluated mean ({mean:.6g}) by more than {tol:.0%}")
+            atomic_write_json(cache, done, durable=True)
+            run.journal.write("reeval_finished", node=node.id, valid=done[key]["valid"],
+                              metric_mean=done[key]["metric_mean"], reasons=done[key]["reasons"][:5])
+        if done[key]["valid"] and chosen is None:
+            chosen = node.id
+            if not run.reeval_cfg.get("all_valid"):
+                break
+    return {"reeval": {"runs": runs, "chosen_node": chosen,
+                       "nodes": {k: {x: v[x] for x in ("valid", "metric_mean", "metric_std", "val_loss", "test_loss",
+                                                        "reasons") if x in v} | ({"mismatch": v["mismatch"]}
+                                                                                  if "mismatch" in v else {})
+                                 for k, v in done.items()}}}
