@@ -254,3 +254,9 @@ def test_home_and_tmp_are_inside_the_node(tmp_path):
     tmp = text.split("TMP=")[1].splitlines()[0]
     assert Path(home).is_dir() and Path(home).is_relative_to(out)
     assert Path(tmp).is_relative_to(out)
+
+
+def test_pinned_to_the_given_cores(tmp_path):
+    body = "import os\nprint('CPUS=' + ','.join(map(str, sorted(os.sched_getaffinity(0)))))\n"
+    ex, out = run(tmp_path, body, cpus=[0])
+    assert ex.exit_code == 0 and "CPUS=0" in (out / "stdout.log").read_text()

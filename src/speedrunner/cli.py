@@ -174,8 +174,9 @@ def cmd_ladder(args: argparse.Namespace) -> int:
     if args.action == "time":
         available = [int(r["record"]) for r in cal.ladder_records(args.suite)]
         records = cal.parse_records(args.records, available)
+        cpus = [int(c) for c in args.cpus.split(",")] if args.cpus else None
         result = cal.time_ladder(args.suite, records, args.runs, args.size, args.threads,
-                                 progress=lambda line: console.print(line, markup=False))
+                                 progress=lambda line: console.print(line, markup=False), cpus=cpus)
         path = cal.save_calibration(result, Path(args.out) if args.out else None)
         console.print(cal.ladder_table(result), markup=False)
         console.print(f"calibration written to {path}")
@@ -264,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--runs", type=int, default=3, help="timed runs per record")
     ld.add_argument("--size", default="full", help="full, demo or smoke")
     ld.add_argument("--threads", type=int, default=1, help="threads per run (part of the machine fingerprint)")
+    ld.add_argument("--cpus", help="time: pin the runs to these cores, e.g. 0 or 0,1 (quieter timings)")
     ld.add_argument("--out", help="time: calibration file (default: the cache, keyed by machine); plot: PNG path")
     ld.add_argument("--calibration", help="plot/table: a calibration file (default: this machine's)")
     ld.set_defaults(func=cmd_ladder)

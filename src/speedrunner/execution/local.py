@@ -91,6 +91,7 @@ class LocalExecutor:
     memory_limit_mb: float | None = None  # resident memory of the node's process group
     network: bool = False  # False: cut the network where the platform allows it
     cpu_tolerance: float = 1.5  # flag a node whose CPU time exceeds threads x wall x this (+1 s)
+    cpus: list[int] | None = None  # pin the node to these CPU cores (sched_setaffinity); None: any core
     poll_s: float = 0.05
     kill_grace_s: float = 2.0
     notes: list[str] = field(default_factory=list)  # said once, e.g. "network isolation unavailable"
@@ -122,7 +123,8 @@ class LocalExecutor:
         with open(stdout_path, "wb") as fo, open(stderr_path, "wb") as fe:
             try:
                 proc = subprocess.Popen(argv, cwd=cwd, env=full_env, stdout=fo, stderr=fe,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
+                                        stdin=subprocess.DEVNULL, start_new_session=True,
+                                        preexec_fn=self._pin if self.cpus else None)
             except OSError as e:
                 fe.write(f"cannot start {command[0]!r}: {e}\n".encode())
                 return ExecResult(exit_code=127, wall_s=0.0, killed_reason=f"cannot start: {e}",
@@ -173,6 +175,10 @@ class LocalExecutor:
                           stdout_path=str(stdout_path), stderr_path=str(stderr_path), cpu_s=cpu_s,
                           max_rss_mb=(usage.ru_maxrss / 1024) if usage is not None else peak_mb or None,
                           violation=violation)
+
+
+    def _pin(self) -> None:  # runs in the child between fork and exec
+        os.sched_setaffinity(0, set(self.cpus or []))
 
 
 def _size(p: Path) -> int:

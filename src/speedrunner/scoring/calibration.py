@@ -180,7 +180,7 @@ def summarize(records: dict[str, dict[str, Any]], target: float | None, alpha: f
 
 
 def time_ladder(suite: str, records: list[int], runs: int, size: str | None, threads: int,
-                progress=print, work_dir: Path | None = None) -> dict[str, Any]:
+                progress=print, work_dir: Path | None = None, cpus: list[int] | None = None) -> dict[str, Any]:
     from speedrunner.runner import prepare_data
 
     first = suite_task(suite, size, None)
@@ -188,12 +188,12 @@ def time_ladder(suite: str, records: list[int], runs: int, size: str | None, thr
     task = suite_task(suite, size, data_dir)
     target = task.vars.get("target_val_loss")
     names = {int(r["record"]): r for r in ladder_records(suite)}
-    executor = LocalExecutor(threads=threads)
+    executor = LocalExecutor(threads=threads, cpus=cpus)
     work = work_dir or (cache_root() / "calibration" / "work")
     result: dict[str, Any] = {
         "schema": SCHEMA, "suite": suite, "size": task.size, "fingerprint": fingerprint(threads),
         "machine": machine_info(threads), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs_per_record": runs,
-        "target_val_loss": target, "metric": task.metric.name,
+        "target_val_loss": target, "metric": task.metric.name, "cpus": cpus,
         "records": {str(r): {"name": names.get(r, {}).get("name", f"record_{r}"),
                              "innovation": names.get(r, {}).get("innovation", ""),
                              "train_time_ms": [], "val_loss": [], "valid": [], "reasons": []} for r in records},
