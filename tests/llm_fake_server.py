@@ -23,6 +23,7 @@ Run as a script (``python tests/llm_fake_server.py --port 0``) it serves until k
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import socket
 import sys
@@ -221,6 +222,26 @@ class FakeLLMServer:
                 self.wfile.flush()
 
         return Handler
+
+
+@contextlib.contextmanager
+def loopback_only():
+    """Inside it, a socket connection to anything but loopback raises (and is listed in ``attempts``)."""
+    real = socket.socket.connect
+    attempts: list[Any] = []
+
+    def connect(sock: socket.socket, address: Any) -> Any:
+        host = address[0] if isinstance(address, tuple) else address
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and host not in ("127.0.0.1", "::1", "localhost"):
+            attempts.append(address)
+            raise ConnectionRefusedError(f"tests may only connect to loopback, not {address!r}")
+        return real(sock, address)
+
+    socket.socket.connect = connect  # type: ignore[method-assign]
+    try:
+        yield attempts
+    finally:
+        socket.socket.connect = real  # type: ignore[method-assign]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,9 @@ from speedrunner.agents.prompts import system_prompt
 from speedrunner.core.errors import ConfigMismatch, UserError
 from speedrunner.core.registry import resolve
 from speedrunner.execution.local import LocalExecutor
-from speedrunner.llm.factory import build_model
+from speedrunner.llm.cache import ResponseCache
+from speedrunner.llm.factory import build_role_models
+from speedrunner.llm.ledger import Ledger
 from speedrunner.scoring.fsr import fsr_for_run
 from speedrunner.scoring.reeval import reeval_for_run
 from speedrunner.search.loop import Budget, Progress, SearchRun
@@ -70,8 +72,18 @@ def config_hash(cfg: DictConfig | dict[str, Any]) -> str:
 
 def default_run_dir(cfg: DictConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    task = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(cfg.task.id))
-    return Path("runs") / f"{stamp}_{task}_{cfg.model.name}_{cfg.scaffold.name}_s{cfg.seed}"
+
+    def clean(x: object) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(x)).strip("-")
+
+    return Path("runs") / f"{stamp}_{clean(cfg.task.id)}_{clean(cfg.model.name)}_{clean(cfg.scaffold.name)}_s{cfg.seed}"
+
+
+def _prior_wall_s(run_dir: Path) -> float:
+    try:
+        return float(json.loads((run_dir / "summary.json").read_text()).get("wall_s") or 0.0)
+    except (OSError, ValueError):
+        return 0.0
 
 
 def prepare_data(name: str) -> Path:
@@ -90,11 +102,19 @@ def load_task_from(cfg: DictConfig) -> Task:
     return task
 
 
-def build(cfg: DictConfig, run_dir: Path, progress: Progress | None = None) -> SearchRun:
+def build(cfg: DictConfig, run_dir: Path, progress: Progress | None = None, replay: bool = False) -> SearchRun:
+    """``replay``: answer every model call from the run's response cache (no network, no key)."""
     task = load_task_from(cfg)
     coder_cls = resolve("coder", cfg.coder, CODERS)
     ideator_cls = resolve("ideator", cfg.ideator, IDEATORS)
-    model = build_model(cfg.model, task, coder_cls)
+    budget = cfg.budget
+    try:
+        ledger = Ledger.from_caps(budget, wall_s_before=_prior_wall_s(run_dir))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cache = ResponseCache(run_dir / "llm_cache.sqlite", readonly=replay) if not replay else None
+    models = build_role_models(cfg, task, coder_cls, cache=cache, ledger=ledger)
     levels = [int(x) for x in cfg.hints]
     reference = (task.template_dir, task.reference_dir, task.editable) if task.reference_dir else None
     hints = select_hints(task.hints_dir, levels, [str(g) for g in cfg.knowledge_src_paths], reference)
@@ -118,10 +138,10 @@ def build(cfg: DictConfig, run_dir: Path, progress: Progress | None = None) -> S
     return SearchRun(
         run_dir=run_dir, task=task, policy=policy, coder=coder_cls(**coder_kwargs),
         ideator=ideator_cls(**ideator_kwargs),
-        models={"ideator": model, "coder": model}, system_prompt=system_prompt(task), executor=executor,
-        budget=Budget(max_nodes=int(cfg.budget.max_nodes)),
+        models=models, system_prompt=system_prompt(task), executor=executor,
+        budget=Budget(max_nodes=int(cfg.budget.max_nodes)), ledger=ledger, cache=cache,
         info={"scaffold": str(sc.name), "model": str(cfg.model.name), "coder": str(cfg.coder.name),
-              "ideator": str(cfg.ideator.name), "hints": levels, "seed": int(cfg.seed),
+              "ideator": str(cfg.ideator.name), "hints": levels, "budget_caps": ledger.caps(), "seed": int(cfg.seed),
               "config_hash": config_hash(cfg)},
         hints_text=format_hints(hints), coder_retries=int(cfg.coder.get("max_retries", 2)),
         progress=progress or Progress(),

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from speedrunner.core.types import Completion, Message, Model, Usage
+from speedrunner.llm.errors import BudgetExceeded
 
 T = TypeVar("T")
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL | re.IGNORECASE)
@@ -51,10 +52,15 @@ class Agent:
         self.role = role
         self.on_call = on_call or (lambda rec: None)
         self.log: list[dict[str, Any]] = []  # one entry per act: the whole exchange, for transcript.json
+        self._reasoning: list[str | None] = []
 
     def _logged(self, result: ActResult[T]) -> ActResult[T]:
-        self.log.append({"role": self.role, "ok": result.ok, "attempts": result.attempts, "error": result.error,
-                         "messages": result.transcript})
+        entry: dict[str, Any] = {"role": self.role, "ok": result.ok, "attempts": result.attempts,
+                                 "error": result.error, "messages": result.transcript}
+        if any(self._reasoning):
+            entry["reasoning"] = list(self._reasoning)  # per attempt; kept apart from what was parsed
+        self.log.append(entry)
+        self._reasoning = []
         return result
 
     def act(self, prompt: str, validator: Callable[[str], T] | None = None, max_retries: int = 2) -> ActResult[T]:
@@ -66,6 +72,8 @@ class Agent:
             t0 = time.monotonic()
             try:
                 comp: Completion = self.model.complete(list(messages))
+            except BudgetExceeded:
+                raise  # a cap stops the run (the loop discards this node and stops cleanly)
             except Exception as e:  # a model failure ends this act, never the run
                 error = f"{type(e).__name__}: {e}"
                 self.on_call({"role": self.role, "attempt": attempt, "ok": False, "model_error": error,
@@ -75,6 +83,7 @@ class Agent:
             usage = Usage(comp.usage.tokens_in, comp.usage.tokens_out, latency, comp.usage.usd)
             total += usage
             text, reasoning = split_reasoning(comp.text, comp.reasoning)
+            self._reasoning.append(reasoning)
             messages.append({"role": "assistant", "content": text})
             rec: dict[str, Any] = {**comp.meta, "role": self.role, "model": getattr(self.model, "name", "?"),
                                    "attempt": attempt, "tokens_in": usage.tokens_in, "tokens_out": usage.tokens_out,

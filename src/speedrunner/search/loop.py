@@ -25,6 +25,8 @@ from speedrunner.agents.prompts import history, job_text
 from speedrunner.core.errors import UserError
 from speedrunner.core.types import Model, Operator, Outcome, Status
 from speedrunner.execution.local import LocalExecutor
+from speedrunner.llm.errors import BudgetExceeded
+from speedrunner.llm.ledger import Ledger
 from speedrunner.scoring import integrity
 from speedrunner.scoring.outcome import score
 from speedrunner.search.policy import GreedyPolicy
@@ -78,6 +80,8 @@ class SearchRun:
     hints_text: str = ""
     coder_retries: int = 2
     progress: Progress = field(default_factory=Progress)
+    ledger: Ledger | None = None  # budget caps (usd, tokens, calls, wall time); None: only max_nodes
+    cache: Any = None  # the response cache, closed when the run ends
     reeval_cfg: dict[str, Any] = field(default_factory=dict)  # config 'reeval': runs, all_valid, max_candidates
     # Called once at the end with the finished run; their dicts are merged into summary.json (FSR does this).
     summary_hooks: list[Callable[[SearchRun], dict[str, Any] | None]] = field(default_factory=list)
@@ -129,6 +133,8 @@ class SearchRun:
                 model.resume(mine)
 
     def _count(self, rec: dict[str, Any]) -> None:
+        if self.ledger is not None:
+            self.ledger.add_record(rec)
         self.spend["llm_calls"] += 1
         self.spend["tokens_in"] += int(rec.get("tokens_in", 0) or 0)
         self.spend["tokens_out"] += int(rec.get("tokens_out", 0) or 0)
@@ -152,6 +158,11 @@ class SearchRun:
             return self._run()
         finally:
             self._unlock()
+            from speedrunner.llm.factory import close_models
+
+            close_models(self.models)
+            if self.cache is not None:
+                self.cache.close()
 
     def _run(self) -> dict[str, Any]:
         resumed = (self.run_dir / "journal.jsonl").stat().st_size > 0 if (self.run_dir / "journal.jsonl").exists() else False
@@ -178,6 +189,17 @@ class SearchRun:
             for _ in range(n):
                 nid = next_id
                 next_id += 1
+                if nid not in self.tree:
+                    stop = self.ledger.exceeded() if self.ledger is not None else None
+                    if stop is None:
+                        try:
+                            self._make_node(nid, exp.parent, exp.operator, view)
+                        except BudgetExceeded as e:
+                            stop = str(e) or "a budget cap was reached"
+                    if stop is not None:
+                        return self._stop(nid, stop)
+                    created.append(nid)
+                    continue
                 if nid in self.tree:
                     have = self.tree[nid]
                     if have.parent != exp.parent or have.operator is not exp.operator:
@@ -185,8 +207,6 @@ class SearchRun:
                             f"{self.run_dir}: node v_{nid} on disk is a {have.operator.value} of v_{have.parent}, but "
                             f"the policy now asks for a {exp.operator.value} of v_{exp.parent}; the run folder does "
                             "not belong to this configuration")
-                else:
-                    self._make_node(nid, exp.parent, exp.operator, view)
                 created.append(nid)
             self.policy.observe(created)
         for hook in self.summary_hooks:
@@ -211,6 +231,17 @@ class SearchRun:
             fcntl.flock(lock, fcntl.LOCK_UN)
             lock.close()
             self._lock_file = None
+
+    def _stop(self, nid: int, reason: str) -> dict[str, Any]:
+        """A cap was reached: node ``nid`` is not made (any half-made copy is removed), and the run stops
+        cleanly; ``resume`` with a raised cap continues from here."""
+        if self.store.path(nid).exists() and not (self.store.path(nid) / "result.json").exists():
+            self.store.discard(nid)
+        self.tree.pop(nid, None)
+        summary = self.write_summary(status="stopped", stop_reason=reason)
+        self.journal.write("run_stopped", reason=reason, next_node=nid, spend=dict(self.spend))
+        self.journal.close()
+        return summary
 
     def _view(self, upto: int) -> dict[int, Node]:
         """The tree as it stood before node ``upto`` was made (children filtered accordingly)."""
@@ -248,6 +279,8 @@ class SearchRun:
             agent = self._agent("ideator") if self.ideator.uses_model else None
             try:
                 idea = self.ideator.propose(IdeaContext(self.task, op, parent, files, hist, self.hints_text), agent)
+            except BudgetExceeded:
+                raise
             except Exception as e:  # a broken ideator ends this node, not the run
                 idea = None
                 self.ideator.last_error = f"{type(e).__name__}: {e}"
@@ -296,6 +329,8 @@ class SearchRun:
 
         try:
             res = self._agent("coder").act(prompt, validate, max_retries=self.coder_retries)
+        except BudgetExceeded:
+            raise
         except Exception as e:  # a broken coder ends this node, not the run
             return None, f"the coder raised {type(e).__name__}: {e}"
         if not res.ok:
