@@ -260,3 +260,59 @@ def test_pinned_to_the_given_cores(tmp_path):
     body = "import os\nprint('CPUS=' + ','.join(map(str, sorted(os.sched_getaffinity(0)))))\n"
     ex, out = run(tmp_path, body, cpus=[0])
     assert ex.exit_code == 0 and "CPUS=0" in (out / "stdout.log").read_text()
+
+
+def _need_fs_sandbox():
+    from speedrunner.execution.local import filesystem_sandbox_available
+
+    if not filesystem_sandbox_available():
+        pytest.skip("mount/PID namespaces are not available here")
+
+
+def test_sandbox_allows_writes_only_in_the_node_folder(tmp_path):
+    _need_fs_sandbox()
+    outside = tmp_path / "run_record.json"
+    outside.write_text("{}")
+    body = ("import os\n"
+            f"for p in [{str(outside)!r}, 'mine.txt', os.environ['HOME'] + '/x', '/dev/shm/x']:\n"
+            "    try:\n        open(p, 'a').write('x'); print('WROTE', p)\n"
+            "    except OSError as e:\n        print('REFUSED', p)\n")
+    ws = tmp_path / "node" / "workspace"
+    ws.mkdir(parents=True)
+    (ws / "job.py").write_text(body)
+    ex = LocalExecutor(kill_grace_s=0.3)
+    res = ex.run([PY, "job.py"], cwd=ws, out_dir=tmp_path / "node", timeout_s=30)
+    text = (tmp_path / "node" / "stdout.log").read_text()
+    assert res.exit_code == 0, (tmp_path / "node" / "stderr.log").read_text()
+    assert f"REFUSED {outside}" in text and outside.read_text() == "{}"
+    assert "WROTE mine.txt" in text and "WROTE /dev/shm/x" in text
+    assert not os.path.exists("/dev/shm/x")  # a private /dev/shm
+
+
+def test_sandbox_kills_daemons_and_hides_the_runner(tmp_path):
+    _need_fs_sandbox()
+    (tmp_path / "daemon.py").write_text("import os, time\nos.setsid()\ntime.sleep(60)\n")
+    body = ("import os, subprocess, sys, time\n"
+            "subprocess.Popen([sys.executable, 'daemon.py'], start_new_session=True)\n"
+            "time.sleep(0.5)\n"
+            "print('PROCS', sorted(int(d) for d in os.listdir('/proc') if d.isdigit()))\n"
+            "try:\n    print('PARENT_ENV', open(f'/proc/{os.getppid()}/environ').read()[:20])\n"
+            "except OSError as e:\n    print('NO_PARENT_ENV')\n")
+    ex, out = run(tmp_path, body, timeout_s=30)
+    text = (out / "stdout.log").read_text()
+    assert ex.exit_code == 0, (out / "stderr.log").read_text()
+    assert "PARENT_ENV" not in text.replace("NO_PARENT_ENV", "")
+    procs = [int(x) for x in text.split("PROCS [", 1)[1].split("]", 1)[0].split(",")]
+    assert len(procs) <= 3, procs  # the node sees only its own processes (itself and the daemon)
+    time.sleep(0.5)
+    daemon = str(tmp_path / "daemon.py")
+    leftovers = [d for d in os.listdir("/proc") if d.isdigit() and "daemon.py" in _cmd(d)
+                 and os.path.exists(f"/proc/{d}/cwd") and str(tmp_path) in os.path.realpath(f"/proc/{d}/cwd")]
+    assert not leftovers, (leftovers, daemon)
+
+
+def _cmd(pid: str) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+    except OSError:
+        return ""

@@ -46,7 +46,7 @@ def console_progress(metric: str) -> Progress:
         reason = o.reason.strip().splitlines()[0][:80] if o.reason.strip() else ""
         best_s = f"best v_{best.id} {_fmt(best.outcome.metric)}" if best and best.outcome else "best -"
         console.print(f"v_{node.id:<3} {origin:<18} [{style}]{o.status.value:<7}[/{style}] {value:<24} "
-                      f"{best_s:<22} [dim]{reason}[/dim]")
+                      f"{best_s:<22} [dim]{escape(reason)}[/dim]")
 
     return Progress(node_started=started, node_finished=finished)
 
@@ -64,7 +64,8 @@ def print_summary(run) -> None:
         reason = (o.reason.strip().splitlines()[0][:60] if o and o.reason.strip() else "")
         mark = " *" if nid == s["best_node"] else ""
         table.add_row(f"v_{nid}{mark}", "-" if n.parent is None else f"v_{n.parent}", n.operator.value,
-                      f"[{style}]{status}[/{style}]" if style else status, _fmt(o.metric if o else None), reason)
+                      f"[{style}]{status}[/{style}]" if style else status, _fmt(o.metric if o else None),
+                      escape(reason))
     console.print(table)
     speed = f"speedup {s['speedup']:.3f}x" if s.get("speedup") else ""
     best = f"best = {_fmt(s['best_metric'])} (v_{s['best_node']})" if s["best_node"] is not None else "no valid node"
@@ -96,7 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UserError(f"{run_dir} already holds a run; use 'speedrunner resume {run_dir}' or another run_dir")
     run = build(cfg, run_dir)
     run.progress = console_progress(run.task.metric.name)
-    save_config(cfg, run_dir, overrides, run.task)
+    run.on_started = lambda: save_config(cfg, run_dir, overrides, run.task)
     console.print(f"[bold]speedrunner[/bold] {run.task.id} · model {cfg.model.name} · scaffold {cfg.scaffold.name} "
                   f"· {run.budget.max_nodes} nodes · run folder {run_dir}")
     for note in run.executor.notes:
@@ -115,7 +116,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     check_task_unchanged(run_dir, run.task)
     run.progress = console_progress(run.task.metric.name)
     if extra:
-        save_config(cfg, run_dir, json.loads((run_dir / "overrides.json").read_text()) + extra)
+        all_overrides = json.loads((run_dir / "overrides.json").read_text()) + extra
+        run.on_started = lambda: save_config(cfg, run_dir, all_overrides)
     console.print(f"[bold]speedrunner[/bold] resuming {run_dir}")
     run.run()
     print_summary(run)
@@ -221,6 +223,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if verdict["valid"] else 1
 
 
+def cmd_import_records(args: argparse.Namespace) -> int:
+    from speedrunner.tasks.upstream import import_records
+
+    repo = Path(args.path)
+    if not repo.exists():
+        raise UserError(f"{repo}: no such folder; give a checkout of the upstream speedrun (modded-nanogpt)")
+    report = import_records(repo, Path(args.out), Path(args.hints) if args.hints else None)
+    console.print(report.summary(), markup=False)
+    console.print(f"tasks written under {Path(args.out).resolve()}; run one with: speedrunner run "
+                  f"task_paths=[{Path(args.out).resolve()}] task.id=nanogpt_speedrun/record_R ...", markup=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="speedrunner", description="LLM research agents on the NanoGPT speedrun.")
     p.add_argument("--version", action="version", version=f"speedrunner {__version__}")
@@ -249,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--threads", type=int, default=1)
     v.add_argument("--task-paths", nargs="*", default=[], help="extra folders to search for task.yaml files")
     v.set_defaults(func=cmd_verify)
+
+    im = sub.add_parser("import-records", help="turn a checkout of the upstream speedrun into tasks")
+    im.add_argument("path", help="a local checkout (work tree or bare git dir) of modded-nanogpt")
+    im.add_argument("--out", default="upstream_tasks", help="where to write the tasks (default ./upstream_tasks)")
+    im.add_argument("--hints", help="an llm-speedrunner hint folder (record_R/level_L_<kind>.txt) to import")
+    im.set_defaults(func=cmd_import_records)
 
     d = sub.add_parser("data", help="prepare or check a data set: speedrunner data prepare nanogpt_mini")
     d.add_argument("action", choices=["prepare", "check"])

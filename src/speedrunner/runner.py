@@ -132,7 +132,7 @@ def build(cfg: DictConfig, run_dir: Path, progress: Progress | None = None, repl
                              max_log_bytes=int(ex.get("max_log_bytes", 64 << 20)),
                              memory_limit_mb=ex.get("memory_limit_mb"), network=bool(ex.get("network", False)),
                              cpu_tolerance=float(ex.get("cpu_tolerance", 1.5)),
-                             cpus=list(ex.cpus) if ex.get("cpus") else None)
+                             cpus=list(ex.cpus) if ex.get("cpus") else None, sandbox=str(ex.get("sandbox", "auto")))
     if int(cfg.budget.max_nodes) < 0:
         raise UserError("budget.max_nodes must be 0 or more")
     return SearchRun(

@@ -100,6 +100,10 @@ class Agent:
                 self.on_call({**rec, "ok": False, "validation_error": error})
                 messages.append({"role": "user", "content": error})
                 continue
+            except Exception as e:  # a broken validator: the call still happened and is recorded
+                self.on_call({**rec, "ok": False, "validation_error": f"validator crashed: {type(e).__name__}: {e}"})
+                self._logged(ActResult(False, None, text, attempt, total, f"{type(e).__name__}: {e}", messages))
+                raise
             self.on_call({**rec, "ok": True})
             return self._logged(ActResult(True, value, text, attempt, total, None, messages))
         return self._logged(ActResult(False, None, text, max_retries + 1, total, error, messages))

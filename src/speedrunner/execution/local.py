@@ -1,6 +1,11 @@
 """Run a node's command on this machine, in its own process group, with a hard wall-clock timeout.
 
 The sandbox, in order of strength:
+- where the platform allows (Linux, root or user namespaces), the node runs in its own mount, PID and
+  network namespaces: the whole filesystem is read-only except the node's own folder (so the run's
+  records, the data, the harness and other nodes cannot be changed), a fresh /dev/shm, a /proc that
+  shows only the node's processes (no reading the runner's environment), only loopback networking,
+  and every process of the node dies with it, daemons included;
 - the whole process group is killed at the timeout, when the logs grow past ``max_log_bytes`` or when
   the group's resident memory passes ``memory_limit_mb``; nothing a node starts outlives it;
 - the environment is scrubbed of keys and provider variables; HOME and TMPDIR point inside the node;
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -30,6 +36,37 @@ _PROVIDER_PREFIXES = ("OPENAI", "ANTHROPIC", "GEMINI", "GOOGLE", "DEEPSEEK", "AZ
                       "HF_", "HUGGING", "MISTRAL", "COHERE", "TOGETHER", "GROQ", "OPENROUTER")
 _NETNS_WRAPPER = ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up 2>/dev/null; exec "$@"', "sh"]
 _netns_ok: bool | None = None
+_fs_ok: bool | None = None
+
+
+def _sandbox_wrapper(writable: list[Path], network: bool) -> list[str]:
+    """unshare + a shell that makes / read-only except the ``writable`` folders, then execs the command."""
+    binds = " && ".join(f"mount --bind {shlex.quote(str(w))} {shlex.quote(str(w))}" for w in writable)
+    script = ("mount --make-rprivate / && {binds} && mount --rbind / / && "
+              "mount -o remount,bind,ro / && mount -t tmpfs -o size=1g tmpfs /dev/shm && cd \"$PWD\" "
+              "|| {{ echo 'speedrunner sandbox: could not set up the mounts' >&2; exit 97; }}; "
+              "{lo}exec \"$@\"").format(binds=binds, lo="" if network else "ip link set lo up 2>/dev/null; ")
+    flags = ["--mount", "--pid", "--fork", "--mount-proc", "--kill-child"] + ([] if network else ["--net"])
+    return ["unshare", *flags, "--", "sh", "-c", script, "sh"]
+
+
+def filesystem_sandbox_available() -> bool:
+    """Whether mount/PID/network namespaces with a read-only root work here. Checked once."""
+    global _fs_ok
+    if _fs_ok is None:
+        if not sys.platform.startswith("linux") or shutil.which("unshare") is None:
+            _fs_ok = False
+        else:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as d:
+                try:
+                    r = subprocess.run([*_sandbox_wrapper([Path(d)], False), "sh", "-c", f"touch {shlex.quote(d)}/ok"],
+                                       capture_output=True, timeout=20, cwd=d)
+                    _fs_ok = r.returncode == 0 and (Path(d) / "ok").exists()
+                except (OSError, subprocess.TimeoutExpired):
+                    _fs_ok = False
+    return _fs_ok
 
 
 def scrubbed_env(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -76,8 +113,8 @@ def group_stats(pgid: int) -> tuple[float, dict[int, float]]:
             fields = stat[stat.rindex(")") + 2:].split()
             if int(fields[2]) == pgid:  # field 5 of stat: the process group
                 total_pages += int(fields[21])  # field 24: rss in pages
-                # fields 14-17: utime, stime, cutime, cstime (clock ticks)
-                cpu[int(name)] = sum(int(x) for x in fields[11:15]) / _TICK
+                # fields 14-15: utime, stime (clock ticks); the children's fields would count them twice
+                cpu[int(name)] = (int(fields[11]) + int(fields[12])) / _TICK
         except (OSError, ValueError, IndexError):
             continue
     return total_pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20), cpu
@@ -90,6 +127,7 @@ class LocalExecutor:
     max_log_bytes: int = 64 * 1024 * 1024
     memory_limit_mb: float | None = None  # resident memory of the node's process group
     network: bool = False  # False: cut the network where the platform allows it
+    sandbox: str = "auto"  # auto: namespaces (read-only filesystem but for the node's folder) where possible; none
     cpu_tolerance: float = 1.5  # flag a node whose CPU time exceeds threads x wall x this (+1 s)
     cpus: list[int] | None = None  # pin the node to these CPU cores (sched_setaffinity); None: any core
     poll_s: float = 0.05
@@ -98,7 +136,11 @@ class LocalExecutor:
 
     def __post_init__(self) -> None:
         self.isolate = False
-        if not self.network:
+        self.fs_sandbox = self.sandbox == "auto" and filesystem_sandbox_available()
+        if self.sandbox == "auto" and not self.fs_sandbox:
+            self.notes.append("filesystem sandbox not available here (unshare --mount --pid failed): node code can "
+                              "write outside its folder; protected files are still checked after each run")
+        if not self.network and not self.fs_sandbox:
             self.isolate = network_isolation_available()
             if not self.isolate:
                 self.notes.append("network isolation is not available on this machine (unshare --net failed); "
@@ -117,7 +159,15 @@ class LocalExecutor:
                         PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1", HOME=str(home), TMPDIR=str(tmp),
                         XDG_CACHE_HOME=str(home / ".cache"))
         full_env.update(env or {})
-        argv = (_NETNS_WRAPPER + list(command)) if self.isolate else list(command)
+        if self.fs_sandbox:
+            writable = [out_dir.resolve()]
+            if not Path(cwd).resolve().is_relative_to(writable[0]):
+                writable.append(Path(cwd).resolve())
+            argv = _sandbox_wrapper(writable, self.network) + list(command)
+        elif self.isolate:
+            argv = _NETNS_WRAPPER + list(command)
+        else:
+            argv = list(command)
         stdout_path, stderr_path = out_dir / "stdout.log", out_dir / "stderr.log"
         t0 = time.monotonic()
         with open(stdout_path, "wb") as fo, open(stderr_path, "wb") as fe:

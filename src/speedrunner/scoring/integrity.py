@@ -49,6 +49,24 @@ def changed(before: dict[str, str], after_paths: list[Path]) -> list[str]:
     return sorted(p for p in before if now.get(p, "missing") != before[p])
 
 
+def untimed_work_flag(task, outcome, baseline, factor: float = 1.5, slack_ms: float = 2000.0) -> str | None:
+    """For a task whose metric is a time in ms measured by the script: flag a node whose untimed work
+    (the process's wall time minus the time it reports) grew well beyond the baseline's. Training moved
+    outside the timer shows up there; a reported time that is simply too large fails ``train_time <= wall_ms``."""
+    if task.metric.kind != "time" or task.metric.unit != "ms" or baseline is None or not outcome.valid:
+        return None
+    name = task.metric.name
+    try:
+        base = baseline.metrics["wall_ms"] - baseline.metrics[name]
+        mine = outcome.metrics["wall_ms"] - outcome.metrics[name]
+    except (KeyError, TypeError):
+        return None
+    if mine > max(base, 0.0) * factor + slack_ms:
+        return (f"untimed work grew from {base / 1000:.1f} s (baseline) to {mine / 1000:.1f} s: is work being done "
+                f"outside the timer?")
+    return None
+
+
 def suspicious_flags(diff_text: str, rules: list[tuple[str, str]]) -> list[str]:
     """Messages of the rules whose pattern matches a changed (added or removed) line of ``diff_text``."""
     changed_lines = [line[1:] for line in diff_text.splitlines()

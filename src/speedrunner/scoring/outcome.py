@@ -25,8 +25,10 @@ def read_log(path: str | Path, limit: int = 8 * 1024 * 1024) -> str:
         return f.read().decode("utf-8", errors="replace")
 
 
-def tail(text: str, n: int = TAIL_LINES) -> str:
-    return "\n".join(text.rstrip().splitlines()[-n:])
+def tail(text: str, n: int = TAIL_LINES, width: int = 300) -> str:
+    """The last ``n`` lines, each cut to ``width`` characters (reasons go back into prompts)."""
+    lines = text.rstrip().splitlines()[-n:]
+    return "\n".join(line if len(line) <= width else line[:width] + " ..." for line in lines)
 
 
 def score(task: Task, ex: ExecResult, changed_files: list[str] | None = None) -> Outcome:

@@ -83,6 +83,7 @@ class SearchRun:
     ledger: Ledger | None = None  # budget caps (usd, tokens, calls, wall time); None: only max_nodes
     cache: Any = None  # the response cache, closed when the run ends
     reeval_cfg: dict[str, Any] = field(default_factory=dict)  # config 'reeval': runs, all_valid, max_candidates
+    on_started: Callable[[], None] | None = None  # after the lock and the resume checks, before any work
     # Called once at the end with the finished run; their dicts are merged into summary.json (FSR does this).
     summary_hooks: list[Callable[[SearchRun], dict[str, Any] | None]] = field(default_factory=list)
 
@@ -171,6 +172,8 @@ class SearchRun:
         if beyond:
             raise UserError(f"{self.run_dir} already has {max(beyond)} agent nodes; budget.max_nodes="
                             f"{self.budget.max_nodes} cannot be lower than that")
+        if self.on_started is not None:
+            self.on_started()
         self.journal.write("run_resumed" if resumed else "run_started", schema=SCHEMA_VERSION, task=self.task.id,
                            info=self.info, max_nodes=self.budget.max_nodes)
         if 0 not in self.tree:
@@ -352,6 +355,10 @@ class SearchRun:
         outcome.timings["exec_s"] = round(ex.wall_s, 4)
         if node.id != 0 and self.task.suspicious:
             outcome.flags = integrity.suspicious_flags(self._diff_from_root(node), self.task.suspicious)
+        if node.id != 0:
+            flag = integrity.untimed_work_flag(self.task, outcome, self.tree[0].outcome)
+            if flag:
+                outcome.flags.append(flag)
         self._finish(node, outcome)
 
     def _diff_from_root(self, node: Node) -> str:

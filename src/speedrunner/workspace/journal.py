@@ -7,6 +7,7 @@ a crash is dropped when the journal is reopened, so the file always parses.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import time
@@ -47,8 +48,8 @@ class Journal:
             os.fsync(f.fileno())
 
     def write(self, event: str, **fields: Any) -> dict[str, Any]:
-        rec = {"seq": self._seq, "t": round(time.time(), 3), "event": event, **fields}
-        self._f.write(json.dumps(rec, default=str, separators=(",", ":")) + "\n")
+        rec = {"seq": self._seq, "t": round(time.time(), 3), "event": event, **_finite(fields)}
+        self._f.write(json.dumps(rec, default=str, separators=(",", ":"), allow_nan=False) + "\n")
         self._f.flush()
         os.fsync(self._f.fileno())
         self._seq += 1
@@ -58,6 +59,17 @@ class Journal:
 
     def close(self) -> None:
         self._f.close()
+
+
+def _finite(obj: Any) -> Any:
+    """NaN and infinities are not JSON: they are written as null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
