@@ -316,3 +316,16 @@ def _cmd(pid: str) -> str:
         return open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_hidden_files_read_as_empty_in_the_sandbox(tmp_path):
+    _need_fs_sandbox()
+    secret = tmp_path / "test.bin"
+    secret.write_bytes(b"held-out tokens")
+    body = f"print('GOT', repr(open({str(secret)!r}, 'rb').read()))\n"
+    ex = LocalExecutor(kill_grace_s=0.3)
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "job.py").write_text(body)
+    ex.run([PY, "job.py"], cwd=tmp_path / "w", out_dir=tmp_path / "w", timeout_s=30, hidden=[secret])
+    assert "GOT b''" in (tmp_path / "w" / "stdout.log").read_text()
+    assert secret.read_bytes() == b"held-out tokens"

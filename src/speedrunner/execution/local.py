@@ -39,9 +39,13 @@ _netns_ok: bool | None = None
 _fs_ok: bool | None = None
 
 
-def _sandbox_wrapper(writable: list[Path], network: bool) -> list[str]:
-    """unshare + a shell that makes / read-only except the ``writable`` folders, then execs the command."""
-    binds = " && ".join(f"mount --bind {shlex.quote(str(w))} {shlex.quote(str(w))}" for w in writable)
+def _sandbox_wrapper(writable: list[Path], network: bool, hidden: list[Path] = ()) -> list[str]:
+    """unshare + a shell that makes / read-only except the ``writable`` folders and replaces each
+    ``hidden`` file by an empty one (e.g. a held-out split), then execs the command."""
+    binds = " && ".join(
+        [f"mount --bind {shlex.quote(str(w))} {shlex.quote(str(w))}" for w in writable]
+        + [f"mount --bind /dev/null {shlex.quote(str(h))}" for h in hidden if h.is_file()]
+        + [f"mount -t tmpfs -o size=1m,ro tmpfs {shlex.quote(str(h))}" for h in hidden if h.is_dir()])
     script = ("mount --make-rprivate / && {binds} && mount --rbind / / && "
               "mount -o remount,bind,ro / && mount -t tmpfs -o size=1g tmpfs /dev/shm && cd \"$PWD\" "
               "|| {{ echo 'speedrunner sandbox: could not set up the mounts' >&2; exit 97; }}; "
@@ -147,7 +151,8 @@ class LocalExecutor:
                                   "node code can reach the network")
 
     def run(self, command: list[str], cwd: Path, out_dir: Path, timeout_s: float,
-            env: dict[str, str] | None = None) -> ExecResult:
+            env: dict[str, str] | None = None, hidden: list[Path] | None = None) -> ExecResult:
+        """``hidden``: files the node must not read (they look empty inside the sandbox)."""
         timeout = float(self.timeout_s or timeout_s)
         out_dir.mkdir(parents=True, exist_ok=True)
         home, tmp = out_dir / "home", out_dir / "tmp"
@@ -163,7 +168,7 @@ class LocalExecutor:
             writable = [out_dir.resolve()]
             if not Path(cwd).resolve().is_relative_to(writable[0]):
                 writable.append(Path(cwd).resolve())
-            argv = _sandbox_wrapper(writable, self.network) + list(command)
+            argv = _sandbox_wrapper(writable, self.network, [Path(h) for h in hidden or []]) + list(command)
         elif self.isolate:
             argv = _NETNS_WRAPPER + list(command)
         else:

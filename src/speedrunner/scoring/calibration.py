@@ -128,7 +128,7 @@ def run_record_once(task: Task, template: Path, work: Path, executor: LocalExecu
     ws = work / "workspace"
     shutil.copytree(template, ws, ignore=shutil.ignore_patterns("__pycache__", "task.yaml", "hints"))
     ex = executor.run(task.command, cwd=ws, out_dir=work, timeout_s=task.timeout_s,
-                      env={**task.env, **(extra_env or {})})
+                      env={**task.env, **(extra_env or {})}, hidden=[Path(h) for h in task.hidden])
     out = score(task, ex)
     return {**out.metrics, "valid": out.valid, "status": out.status.value, "reason": out.reason}
 

@@ -51,7 +51,8 @@ def reevaluate(task: Task, files: dict[str, Path], work: Path, executor: LocalEx
             export = rdir / "export" / "model.pt"
             export.parent.mkdir(parents=True, exist_ok=True)
             env[spec["export_env"]] = str(export)
-        ex = executor.run(task.command, cwd=ws, out_dir=rdir, timeout_s=task.timeout_s, env=env)
+        ex = executor.run(task.command, cwd=ws, out_dir=rdir, timeout_s=task.timeout_s, env=env,
+                          hidden=[Path(h) for h in task.hidden])
         out = score(task, ex)
         rec: dict[str, Any] = {"run": k, "valid": out.valid, "reason": out.reason, "metric": out.metric,
                                "metrics": out.to_json()["metrics"], "cpu_s": ex.cpu_s}

@@ -347,7 +347,7 @@ class SearchRun:
         before = integrity.snapshot(guarded)
         self.journal.write("exec_started", node=node.id, command=self.task.command)
         ex = self.executor.run(self.task.command, cwd=ws, out_dir=ndir, timeout_s=self.task.timeout_s,
-                               env=self.task.env)
+                               env=self.task.env, hidden=[Path(h) for h in self.task.hidden])
         self.journal.write("exec_finished", node=node.id, exit_code=ex.exit_code, wall_s=round(ex.wall_s, 4),
                            timed_out=ex.timed_out, killed_reason=ex.killed_reason, cpu_s=ex.cpu_s)
         tampered = integrity.changed(before, integrity.protected_paths(ws, self.task.protected))

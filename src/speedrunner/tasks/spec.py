@@ -94,6 +94,7 @@ class TaskSpec(_Strict):
     parsers: list[ParserSpec] = Field(default_factory=list)
     valid_if: list[str] = Field(default_factory=lambda: ["exit_code == 0"])
     protected: list[str] = Field(default_factory=list)
+    hidden: list[str] = Field(default_factory=list)  # absolute paths the node cannot read (sandbox)
     suspicious: list[SuspiciousSpec] = Field(default_factory=list)
     reeval: ReevalSpec = Field(default_factory=ReevalSpec)
     editable: list[str] = Field(default_factory=lambda: ["*.py"])
@@ -150,6 +151,7 @@ class Task:
     record: int | None = None
     suite: str | None = None
     suspicious: list[tuple[str, str]] = field(default_factory=list)  # (regex, message) over changed lines
+    hidden: list[str] = field(default_factory=list)  # absolute paths made unreadable inside the sandbox
     reeval: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -323,6 +325,7 @@ def load_task(spec_path: Path, task_id: str, size: str | None = None, data_dir: 
         conditions=conditions,
         protected=[_fill(spec_path, f"protected[{i}]", p, values) for i, p in enumerate(spec.protected)],
         suspicious=[(s.pattern, s.message) for s in spec.suspicious],
+        hidden=[_fill(spec_path, f"hidden[{i}]", h, values) for i, h in enumerate(spec.hidden)],
         reeval={**spec.reeval.model_dump(), "evaluator_args": {
             k: _number(_fill(spec_path, f"reeval.evaluator_args.{k}", v, values)) if isinstance(v, str) else v
             for k, v in spec.reeval.evaluator_args.items()}},
