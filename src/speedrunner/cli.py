@@ -18,9 +18,9 @@ from rich.table import Table
 
 from speedrunner import __version__
 from speedrunner.core.errors import UserError
-from speedrunner.core.types import Operator, Status
-from speedrunner.search.loop import Progress, ReplayMismatch
-from speedrunner.workspace.store import Node
+from speedrunner.core.types import Status
+from speedrunner.report.progress import LiveProgress
+from speedrunner.search.loop import ReplayMismatch
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -30,25 +30,6 @@ STATUS_STYLE = {Status.VALID: "green", Status.INVALID: "yellow", Status.BUGGY: "
 
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.6g}"
-
-
-def console_progress(metric: str) -> Progress:
-    def started(nid: int, op: Operator, parent: int) -> None:
-        origin = "baseline" if op is Operator.ROOT else f"{op.value} of v_{parent}"
-        console.print(f"[dim]v_{nid:<3} {origin:<18} running[/dim]")
-
-    def finished(node: Node, best: Node | None) -> None:
-        o = node.outcome
-        assert o is not None
-        origin = "baseline" if node.parent is None else f"{node.operator.value} of v_{node.parent}"
-        style = STATUS_STYLE[o.status]
-        value = f"{metric}={_fmt(o.metric)}" if o.metric is not None else ""
-        reason = o.reason.strip().splitlines()[0][:80] if o.reason.strip() else ""
-        best_s = f"best v_{best.id} {_fmt(best.outcome.metric)}" if best and best.outcome else "best -"
-        console.print(f"v_{node.id:<3} {origin:<18} [{style}]{o.status.value:<7}[/{style}] {value:<24} "
-                      f"{best_s:<22} [dim]{escape(reason)}[/dim]")
-
-    return Progress(node_started=started, node_finished=finished)
 
 
 def print_summary(run) -> None:
@@ -96,14 +77,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if (run_dir / "journal.jsonl").exists():
         raise UserError(f"{run_dir} already holds a run; use 'speedrunner resume {run_dir}' or another run_dir")
     run = build(cfg, run_dir)
-    run.progress = console_progress(run.task.metric.name)
+    live = LiveProgress.for_run(run, console=console)
     run.on_started = lambda: save_config(cfg, run_dir, overrides, run.task)
     console.print(f"[bold]speedrunner[/bold] {run.task.id} · model {cfg.model.name} · scaffold {cfg.scaffold.name} "
                   f"· {run.budget.max_nodes} nodes · run folder {run_dir}")
     for note in run.executor.notes:
         console.print(f"[yellow]note:[/yellow] {escape(note)}")
-    run.run()
+    with live:
+        run.run()
     print_summary(run)
+    console.print(f"next: speedrunner view {run_dir}   (the search tree as one HTML page)", markup=False)
     return 0
 
 
@@ -114,12 +97,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
     cfg, extra = load_run_config(run_dir, list(args.overrides))
     run = build(cfg, run_dir)
     check_task_unchanged(run_dir, run.task)
-    run.progress = console_progress(run.task.metric.name)
+    live = LiveProgress.for_run(run, console=console)
     if extra:
         all_overrides = json.loads((run_dir / "overrides.json").read_text()) + extra
         run.on_started = lambda: save_config(cfg, run_dir, all_overrides)
     console.print(f"[bold]speedrunner[/bold] resuming {run_dir}")
-    run.run()
+    with live:
+        run.run()
     print_summary(run)
     return 0
 
@@ -236,6 +220,24 @@ def cmd_import_records(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from speedrunner.report import write_report
+
+    path = write_report([Path(p) for p in args.paths], Path(args.out), plots=not args.no_plots,
+                        n_boot=args.bootstrap, seed=args.seed)
+    console.print(f"report written to {path} (with CSV, JSON{'' if args.no_plots else ' and PNG plots'} beside it)",
+                  markup=False)
+    return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from speedrunner.report import write_viewer
+
+    path = write_viewer(Path(args.run_dir), Path(args.out) if args.out else None)
+    console.print(f"viewer written to {path}: open it in a browser (it needs no network)", markup=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="speedrunner", description="LLM research agents on the NanoGPT speedrun.")
     p.add_argument("--version", action="version", version=f"speedrunner {__version__}")
@@ -264,6 +266,19 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--threads", type=int, default=1)
     v.add_argument("--task-paths", nargs="*", default=[], help="extra folders to search for task.yaml files")
     v.set_defaults(func=cmd_verify)
+
+    rp = sub.add_parser("report", help="aggregate runs into tables and plots: speedrunner report RUN_DIR...")
+    rp.add_argument("paths", nargs="+", help="run folders, or folders holding runs (searched recursively)")
+    rp.add_argument("--out", default="report", help="output folder (default ./report)")
+    rp.add_argument("--no-plots", action="store_true", help="tables only")
+    rp.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the IQM intervals")
+    rp.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    rp.set_defaults(func=cmd_report)
+
+    vw = sub.add_parser("view", help="write the search tree as one self-contained HTML page")
+    vw.add_argument("run_dir")
+    vw.add_argument("--out", help="HTML file (default RUN_DIR/tree.html)")
+    vw.set_defaults(func=cmd_view)
 
     im = sub.add_parser("import-records", help="turn a checkout of the upstream speedrun into tasks")
     im.add_argument("path", help="a local checkout (work tree or bare git dir) of modded-nanogpt")

@@ -1,0 +1,1 @@
+"""Datasets for the CPU-scale benchmarks: shard format and corpus preparation."""
