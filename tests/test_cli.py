@@ -60,8 +60,8 @@ def test_cfg_prints_the_resolved_config(capsys):
 
 def test_run_refuses_an_existing_run_dir(tmp_path):
     run_dir = tmp_path / "r"
-    assert run_cli("run", "model=null", "budget.max_nodes=1", f"run_dir={run_dir}").returncode == 0
-    p = run_cli("run", "model=null", "budget.max_nodes=1", f"run_dir={run_dir}")
+    assert run_cli("run", "task=collatz", "model=null", "budget.max_nodes=1", f"run_dir={run_dir}").returncode == 0
+    p = run_cli("run", "task=collatz", "model=null", "budget.max_nodes=1", f"run_dir={run_dir}")
     assert p.returncode == 2 and "resume" in p.stderr
 
 

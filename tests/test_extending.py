@@ -34,7 +34,7 @@ def test_user_coder_and_ideator_from_a_config_dir(tmp_path, script_file):
     (conf / "ideator" / "fixed.yaml").write_text("name: fixed\ncls: my_agents:FixedIdeator\n")
     script = script_file([variant(500)])
     run_dir = tmp_path / "run"
-    p = run_cli("run", "--config-dir", str(conf), "coder=shouting", "ideator=fixed", "model=scripted",
+    p = run_cli("run", "--config-dir", str(conf), "task=collatz", "coder=shouting", "ideator=fixed", "model=scripted",
                 f"model.path={script}", "scaffold=tree", "budget.max_nodes=1", f"run_dir={run_dir}",
                 env={"PYTHONPATH": str(pkg)})
     assert p.returncode == 0, p.stderr
@@ -50,7 +50,7 @@ def test_bad_cls_is_a_clear_error(tmp_path):
     conf = tmp_path / "conf" / "coder"
     conf.mkdir(parents=True)
     (conf / "broken.yaml").write_text("name: broken\ncls: no_such_module:Nope\n")
-    p = run_cli("run", "--config-dir", str(tmp_path / "conf"), "coder=broken", f"run_dir={tmp_path / 'r'}")
+    p = run_cli("run", "--config-dir", str(tmp_path / "conf"), "task=collatz", "coder=broken", f"run_dir={tmp_path / 'r'}")
     assert p.returncode == 2 and "coder.cls" in p.stderr and "Traceback" not in p.stderr
 
 
@@ -67,7 +67,7 @@ def test_a_crashing_user_coder_ends_the_node_not_the_run(tmp_path, script_file):
     conf.mkdir(parents=True)
     (conf / "bad.yaml").write_text("name: bad\ncls: bad_coder:BadCoder\nmax_retries: 1\n")
     run_dir = tmp_path / "run"
-    p = run_cli("run", "--config-dir", str(tmp_path / "conf"), "coder=bad", "model=scripted",
+    p = run_cli("run", "--config-dir", str(tmp_path / "conf"), "task=collatz", "coder=bad", "model=scripted",
                 f"model.path={script_file([variant(500)])}", "scaffold=tree", "budget.max_nodes=2",
                 f"run_dir={run_dir}", env={"PYTHONPATH": str(pkg)})
     assert p.returncode == 0, p.stderr

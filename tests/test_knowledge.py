@@ -147,7 +147,7 @@ def test_knowledge_src_paths_from_the_config_reach_the_run(tmp_path):
     notes.mkdir()
     (notes / "level_1_cache.md").write_text("Cache chain lengths in a list.\n")
     (notes / "idea_shift.md").write_text("Use n >> 1.\n")
-    cfg = compose([f"knowledge_src_paths=[{notes}/level_1_*.md,{notes}/idea_*.md]", "hints=[2]",
+    cfg = compose(["task=collatz", f"knowledge_src_paths=[{notes}/level_1_*.md,{notes}/idea_*.md]", "hints=[2]",
                    "model=null", "budget.max_nodes=0"])
     run = build(cfg, tmp_path / "run")
     try:

@@ -187,7 +187,7 @@ def test_overrides_change_the_preset(tmp_path, script_file):
 
 def test_oracle_finds_the_faster_solution(tmp_path):
     run_dir = tmp_path / "oracle"
-    cfg = compose(["model=oracle", "scaffold=tree", "budget.max_nodes=4", f"run_dir={run_dir}"])
+    cfg = compose(["task=collatz", "model=oracle", "scaffold=tree", "budget.max_nodes=4", f"run_dir={run_dir}"])
     build(cfg, run_dir).run()
     s = read_summary(run_dir)
     assert s["n_valid"] >= 1 and s["best_node"] == 1
@@ -201,7 +201,7 @@ def test_oracle_finds_the_faster_solution(tmp_path):
 
 def test_null_model_changes_nothing(tmp_path):
     run_dir = tmp_path / "null"
-    cfg = compose(["model=null", "scaffold=aide", "budget.max_nodes=5", f"run_dir={run_dir}"])
+    cfg = compose(["task=collatz", "model=null", "scaffold=aide", "budget.max_nodes=5", f"run_dir={run_dir}"])
     build(cfg, run_dir).run()
     s = read_summary(run_dir)
     assert s["n_valid"] == 0 and s["best_node"] == 0 and s["speedup"] == 1.0

@@ -26,6 +26,7 @@ from speedrunner.scoring.outcome import score
 from speedrunner.tasks.registry import BUILTIN_ROOT, list_tasks
 from speedrunner.tasks.spec import Task, load_task
 from speedrunner.workspace.fsutil import atomic_write_json, read_json
+from speedrunner.workspace.store import matches
 
 SCHEMA = 1
 
@@ -126,7 +127,12 @@ def run_record_once(task: Task, template: Path, work: Path, executor: LocalExecu
     """Run one record's script under the task's contract in a scratch copy; return its metrics."""
     shutil.rmtree(work, ignore_errors=True)
     ws = work / "workspace"
-    shutil.copytree(template, ws, ignore=shutil.ignore_patterns("__pycache__", "task.yaml", "hints"))
+    ws.mkdir(parents=True)
+    for p in sorted(template.rglob("*")):
+        rel = p.relative_to(template).as_posix()
+        if p.is_file() and "__pycache__" not in p.parts and matches(rel, task.template_include):
+            (ws / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(p, ws / rel)
     ex = executor.run(task.command, cwd=ws, out_dir=work, timeout_s=task.timeout_s,
                       env={**task.env, **(extra_env or {})}, hidden=[Path(h) for h in task.hidden])
     out = score(task, ex)

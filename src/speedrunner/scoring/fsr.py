@@ -69,7 +69,9 @@ def fsr_for_run(run) -> dict[str, Any] | None:
         out["fsr_note"] = f"record {task.record + 1} did not give a valid time: {ref.get('next_reason')}"
     else:
         try:
-            out["fsr"] = fraction_of_speedup_recovered(out["t_R"], out["t_next"], t_agent)
+            raw = fraction_of_speedup_recovered(out["t_R"], out["t_next"], t_agent)
+            # the starting code counts as a node: an agent slower than record R recovers nothing
+            out["fsr"], out["fsr_raw"] = max(0.0, raw), raw
         except ValueError as e:
             out["fsr"], out["fsr_note"] = None, str(e)
     return out

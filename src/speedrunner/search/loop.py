@@ -177,7 +177,7 @@ class SearchRun:
         self.journal.write("run_resumed" if resumed else "run_started", schema=SCHEMA_VERSION, task=self.task.id,
                            info=self.info, max_nodes=self.budget.max_nodes)
         if 0 not in self.tree:
-            root = self.store.create_root(self.task.template_dir)
+            root = self.store.create_root(self.task.template_dir, self.task.template_include)
             self.tree[0] = root
             self.journal.write("node_created", node=0, parent=None, operator="root", files=len(root.files))
         if self.tree[0].outcome is None:

@@ -40,6 +40,7 @@ def _read(path: Path, level: int | None, kind: str) -> Hint:
 
 
 def reference_diff(template_dir: Path, reference_dir: Path, patterns: list[str]) -> str:
+    # patterns: the task's editable files (e.g. *.py), so hint and task files beside a script never show
     """The level-0 hint: the unified diff from the task's template to its reference (editable files)."""
     from speedrunner.workspace.store import is_text, matches, unified_diff
 

@@ -87,6 +87,7 @@ class TaskSpec(_Strict):
     description: str
     rules: str = ""
     template: str = "template"
+    template_include: list[str] = Field(default_factory=lambda: ["*"])  # which template files a node gets
     command: list[str]
     timeout_s: float = 600.0
     env: dict[str, str] = Field(default_factory=dict)
@@ -135,6 +136,7 @@ class Task:
     description: str
     rules: str
     template_dir: Path
+    template_include: list[str]
     command: list[str]
     timeout_s: float
     env: dict[str, str]
@@ -317,6 +319,7 @@ def load_task(spec_path: Path, task_id: str, size: str | None = None, data_dir: 
         description=spec.description.strip(),
         rules=spec.rules.strip(),
         template_dir=template,
+        template_include=list(spec.template_include),
         command=command,
         timeout_s=float(timeout),
         env=env,

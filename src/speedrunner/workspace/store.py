@@ -175,13 +175,16 @@ class NodeStore:
         return out
 
     # ----- writing -----
-    def create_root(self, template: Path) -> Node:
+    def create_root(self, template: Path, include: list[str] | None = None) -> Node:
+        """v_0 from the template folder: the files matching ``include`` (default: all)."""
         node = Node(id=0, parent=None, operator=Operator.ROOT, created=time.time())
         tmp = self.dir / ".v_0.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         ws = tmp / "workspace"
         ws.mkdir(parents=True)
         for rel, src in _iter_files(template):
+            if include is not None and not matches(rel, include):
+                continue
             dst = ws / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst)
