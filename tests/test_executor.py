@@ -329,3 +329,32 @@ def test_hidden_files_read_as_empty_in_the_sandbox(tmp_path):
     ex.run([PY, "job.py"], cwd=tmp_path / "w", out_dir=tmp_path / "w", timeout_s=30, hidden=[secret])
     assert "GOT b''" in (tmp_path / "w" / "stdout.log").read_text()
     assert secret.read_bytes() == b"held-out tokens"
+
+
+def test_a_node_dies_with_its_runner(tmp_path):
+    """SIGKILL the process that runs the executor: its node must not keep running."""
+    import signal
+    import subprocess
+
+    marker = tmp_path / "node.pid"
+    runner = tmp_path / "runner.py"
+    runner.write_text(
+        "import sys\nfrom pathlib import Path\nfrom speedrunner.execution.local import LocalExecutor\n"
+        f"w = Path({str(tmp_path)!r})\n"
+        f"(w / 'job.py').write_text('import os, time\\nopen(\"node.pid\", \"w\").write(str(os.getpid()))\\n"
+        "time.sleep(60)\\n')\n"
+        "LocalExecutor().run([sys.executable, 'job.py'], cwd=w, out_dir=w / 'out', timeout_s=120)\n")
+    proc = subprocess.Popen([PY, str(runner)])
+    deadline = time.time() + 20
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert marker.exists()
+    time.sleep(0.2)
+    before = [d for d in os.listdir("/proc") if d.isdigit() and "job.py" in _cmd(d) and str(tmp_path) in
+              os.path.realpath(f"/proc/{d}/cwd")]
+    assert before, "the node should be running"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.0)
+    after = [d for d in before if os.path.exists(f"/proc/{d}") and "job.py" in _cmd(d)]
+    assert not after, after

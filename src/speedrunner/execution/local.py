@@ -179,7 +179,7 @@ class LocalExecutor:
             try:
                 proc = subprocess.Popen(argv, cwd=cwd, env=full_env, stdout=fo, stderr=fe,
                                         stdin=subprocess.DEVNULL, start_new_session=True,
-                                        preexec_fn=self._pin if self.cpus else None)
+                                        preexec_fn=self._child_setup)
             except OSError as e:
                 fe.write(f"cannot start {command[0]!r}: {e}\n".encode())
                 return ExecResult(exit_code=127, wall_s=0.0, killed_reason=f"cannot start: {e}",
@@ -232,8 +232,26 @@ class LocalExecutor:
                           violation=violation)
 
 
-    def _pin(self) -> None:  # runs in the child between fork and exec
-        os.sched_setaffinity(0, set(self.cpus or []))
+    def _child_setup(self) -> None:  # runs in the child between fork and exec
+        _die_with_parent()
+        if self.cpus:
+            os.sched_setaffinity(0, set(self.cpus))
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when the runner that started it dies (even by SIGKILL), so a
+    crashed runner leaves no training run behind (the namespace sandbox then takes the rest with it)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _size(p: Path) -> int:

@@ -32,6 +32,12 @@ def fsr_for_run(run) -> dict[str, Any] | None:
         return None
     from speedrunner.scoring.calibration import find_calibration, run_record_once
 
+    best = run.best_node()
+    reeval = run.extra_summary.get("reeval")
+    if reeval is not None:
+        best = run.tree.get(reeval["chosen_node"]) if reeval.get("chosen_node") is not None else None
+    if best is None or best.id == 0:  # nothing beat the starting code: no reference run needed
+        return {"fsr": 0.0, "t_agent": None, "fsr_source": "no_agent_node_beat_the_baseline"}
     cache = Path(run.run_dir) / "calibration.json"
     if cache.is_file():
         ref = read_json(cache)
@@ -53,9 +59,7 @@ def fsr_for_run(run) -> dict[str, Any] | None:
                    "next_valid": res.get("valid"), "next_reason": res.get("reason")}
             run.journal.write("reference_run", record=task.record + 1, **{k: v for k, v in res.items()})
         atomic_write_json(cache, ref)
-    best = run.best_node()
-    t_agent = best.outcome.metric if best is not None and best.outcome is not None else None
-    reeval = run.extra_summary.get("reeval")
+    t_agent = best.outcome.metric if best.outcome is not None else None
     if reeval is not None:  # trusted times: the node chosen by re-evaluation, its mean over the re-runs
         chosen = reeval.get("chosen_node")
         best = run.tree.get(chosen) if chosen is not None else None
