@@ -39,7 +39,7 @@ def fixed_collatz(tmp_path) -> list[str]:
     shutil.copytree(BUILTIN_ROOT / "collatz", dst)
     code = variant(1000).split("```python\n", 1)[1].rsplit("```", 1)[0]
     (dst / "template" / "solve.py").write_text(code)
-    return [f"task_paths=[{tmp_path / 'tasks'}]", "task.id=collatz_fixed"]
+    return ["task=collatz", f"task_paths=[{tmp_path / 'tasks'}]", "task.id=collatz_fixed"]
 
 
 @pytest.fixture

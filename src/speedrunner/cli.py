@@ -108,6 +108,47 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Re-drive a finished run's search from its response cache and recorded results; compare the trees."""
+    from omegaconf import OmegaConf
+
+    from speedrunner.execution.recorded import RecordedExecutor, ReplayDivergence
+    from speedrunner.runner import build, load_run_config
+
+    src = Path(args.run_dir)
+    cfg, _ = load_run_config(src, [])
+    summary = json.loads((src / "summary.json").read_text()) if (src / "summary.json").is_file() else {}
+    out = Path(args.out) if args.out else src.with_name(src.name + "_replay")
+    if (out / "journal.jsonl").exists():
+        raise UserError(f"{out} already holds a run; choose another --out")
+    cfg = OmegaConf.merge(cfg, OmegaConf.create({"budget": {"max_nodes": int(summary.get("n_nodes", 0)),
+                                                            "max_usd": None, "max_tokens": None,
+                                                            "max_llm_calls": None, "max_wall_minutes": None},
+                                                 "reeval": {"runs": 0}}))
+    run = build(cfg, out, replay_from=src)
+    run.executor = RecordedExecutor(src, threads=run.executor.threads)
+    run.summary_hooks = []
+    try:
+        run.run()
+    except ReplayDivergence as e:
+        err_console.print(f"[red]replay diverged:[/red] {escape(str(e))}")
+        return 1
+    from speedrunner.workspace.store import NodeStore
+
+    def shape(d: Path):
+        return {n.id: (n.parent, n.operator.value, tuple(sorted((k, v.get("sha256")) for k, v in n.files.items())))
+                for n in NodeStore(d).load_all().values()}
+
+    a, b = shape(src), shape(out)
+    if a != b:
+        diff = sorted(set(a) ^ set(b)) or [k for k in a if a[k] != b.get(k)]
+        err_console.print(f"[red]the replay reached a different tree[/red]; nodes that differ: {diff[:20]}")
+        return 1
+    console.print(f"replay of {src} reached the same tree ({len(b)} nodes) with no model call outside the cache; "
+                  f"written to {out}", markup=False)
+    return 0
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     from speedrunner.tasks.registry import list_tasks
     from speedrunner.tasks.spec import read_spec
@@ -253,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir")
     s.add_argument("overrides", nargs="*", help="only budget.* may change, e.g. budget.max_nodes=30")
     s.set_defaults(func=cmd_resume)
+
+    rpl = sub.add_parser("replay", help="re-run a finished run's search from its response cache (no network)")
+    rpl.add_argument("run_dir")
+    rpl.add_argument("--out", help="where to write the replay (default RUN_DIR_replay)")
+    rpl.set_defaults(func=cmd_replay)
 
     t = sub.add_parser("tasks", help="list the tasks speedrunner knows")
     t.add_argument("--task-paths", nargs="*", default=[], help="extra folders to search for task.yaml files")

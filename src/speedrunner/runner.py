@@ -102,8 +102,10 @@ def load_task_from(cfg: DictConfig) -> Task:
     return task
 
 
-def build(cfg: DictConfig, run_dir: Path, progress: Progress | None = None, replay: bool = False) -> SearchRun:
-    """``replay``: answer every model call from the run's response cache (no network, no key)."""
+def build(cfg: DictConfig, run_dir: Path, progress: Progress | None = None,
+          replay_from: Path | None = None) -> SearchRun:
+    """``replay_from``: a finished run to replay into ``run_dir``: models answer from its response cache
+    (strictly: a miss is an error) and every node's execution is the recorded one."""
     task = load_task_from(cfg)
     coder_cls = resolve("coder", cfg.coder, CODERS)
     ideator_cls = resolve("ideator", cfg.ideator, IDEATORS)
@@ -113,8 +115,12 @@ def build(cfg: DictConfig, run_dir: Path, progress: Progress | None = None, repl
     except ValueError as e:
         raise UserError(str(e)) from None
     run_dir.mkdir(parents=True, exist_ok=True)
-    cache = ResponseCache(run_dir / "llm_cache.sqlite", readonly=replay) if not replay else None
-    models = build_role_models(cfg, task, coder_cls, cache=cache, ledger=ledger)
+    if replay_from is not None:  # answer from the original run's cache only: no network, no key
+        cache = ResponseCache(Path(replay_from) / "llm_cache.sqlite", readonly=True)
+        models = build_role_models(cfg, task, coder_cls, cache=cache, replay=True)
+    else:
+        cache = ResponseCache(run_dir / "llm_cache.sqlite")
+        models = build_role_models(cfg, task, coder_cls, cache=cache, ledger=ledger)
     levels = [int(x) for x in cfg.hints]
     reference = (task.template_dir, task.reference_dir, task.editable) if task.reference_dir else None
     hints = select_hints(task.hints_dir, levels, [str(g) for g in cfg.knowledge_src_paths], reference)

@@ -267,8 +267,8 @@ def load_task(spec_path: Path, task_id: str, size: str | None = None, data_dir: 
         values.update(spec.sizes[size].vars)
         if spec.sizes[size].timeout_s:
             timeout = spec.sizes[size].timeout_s
-    elif size not in (None, "", "default"):
-        raise TaskError(f"{spec_path}: task {task_id} has no sizes; drop the task.size override")
+    else:
+        size = None  # a task without sizes has exactly one: a requested size does not apply to it
     values.update(
         python=sys.executable,
         size=size or "",
