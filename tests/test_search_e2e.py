@@ -237,3 +237,20 @@ def test_edits_outside_the_editable_files_are_refused_and_retried(tmp_path, scri
     assert "notes.txt: not a file you may edit" in transcript[0]["messages"][3]["content"]
     assert read_summary(run_dir)["best_metric"] == 700
     assert not (run_dir / "nodes" / "v_1" / "workspace" / "notes.txt").exists()
+
+
+def test_the_analyst_reads_each_result_and_its_reading_reaches_later_prompts(tmp_path, script_file):
+    import json
+
+    analysis = "Memoisation paid off; next, try bit operations."
+    script = script_file([variant(700), analysis, variant(600), "Smaller gain."])
+    run_dir = tmp_path / "run"
+    cfg = compose([*FIXED, "scaffold=tree", "model=scripted", f"model.path={script}", "coder=wholefile",
+                   "budget.max_nodes=2", "analyst.enabled=true", "reeval.runs=0", f"run_dir={run_dir}"])
+    build(cfg, run_dir).run()
+    r1 = json.loads((run_dir / "nodes" / "v_1" / "result.json").read_text())
+    assert r1["analysis"] == analysis
+    t2 = json.loads((run_dir / "nodes" / "v_2" / "transcript.json").read_text())
+    assert f"Analysis: {analysis}" in t2[0]["messages"][1]["content"]
+    assert [e["role"] for e in t2] == ["coder", "analyst"]
+    assert read_summary(run_dir)["llm_calls"] == 4

@@ -153,6 +153,7 @@ def build(cfg: DictConfig, run_dir: Path, progress: Progress | None = None,
         progress=progress or Progress(),
         summary_hooks=[reeval_for_run, fsr_for_run],
         reeval_cfg=OmegaConf.to_container(cfg.reeval, resolve=True) if "reeval" in cfg else {},
+        analyst=bool(cfg.get("analyst", {}).get("enabled", False)),
     )
 
 

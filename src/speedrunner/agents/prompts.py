@@ -29,6 +29,36 @@ JOBS = {
 }
 
 
+ANALYST = """\
+# Your job
+Read the result of one experiment and say, in two to four sentences, what it tells us about the idea
+and what the next attempt should try. Do not write code.
+
+# The experiment ({node}, {origin})
+Idea: {idea}
+
+Change against its parent:
+```diff
+{diff}
+```
+
+# Result
+{result}
+
+Last lines of its log:
+```
+{log}
+```
+"""
+
+
+def analyst_prompt(node: Node, task: Task, diff: str, log_tail: str) -> str:
+    origin = "baseline" if node.parent is None else f"{node.operator.value} of v_{node.parent}"
+    diff = diff if len(diff) <= 6000 else diff[:6000] + "\n... (cut)"
+    return ANALYST.format(node=node.name, origin=origin, idea=node.summary or node.hypothesis or "(not stated)",
+                          diff=diff.strip() or "(no change)", result=describe(node, task)[2:], log=log_tail or "(empty)")
+
+
 def system_prompt(task: Task) -> str:
     validity = ", ".join(str(c) for c in task.conditions) or "the command exits with status 0"
     return SYSTEM.format(description=task.description, rules=task.rules or "(none beyond the task)",
@@ -60,7 +90,8 @@ def describe(node: Node, task: Task) -> str:
         if o.metric is not None:
             state += f" ({task.metric.name} = {fmt_value(o.metric)})"
     idea = f" Idea: {node.summary}" if node.summary else ""
-    return f"- {node.name} ({origin}): {state}.{idea}"
+    analysis = f" Analysis: {o.analysis.strip()[:300]}" if o is not None and o.analysis.strip() else ""
+    return f"- {node.name} ({origin}): {state}.{idea}{analysis}"
 
 
 def history(nodes: list[Node], task: Task, limit: int = 6) -> str:

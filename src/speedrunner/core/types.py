@@ -95,6 +95,7 @@ class Outcome:
     timings: dict[str, float] = field(default_factory=dict)
     # Worth a human's look, but not invalidating (e.g. "reads the held-out test split").
     flags: list[str] = field(default_factory=list)
+    analysis: str = ""  # the analyst model's reading of the result, when the analyst step is on
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

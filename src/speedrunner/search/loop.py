@@ -83,6 +83,7 @@ class SearchRun:
     ledger: Ledger | None = None  # budget caps (usd, tokens, calls, wall time); None: only max_nodes
     cache: Any = None  # the response cache, closed when the run ends
     reeval_cfg: dict[str, Any] = field(default_factory=dict)  # config 'reeval': runs, all_valid, max_candidates
+    analyst: bool = False  # after each run, the analyst model reads the result (kept in result.json and history)
     on_started: Callable[[], None] | None = None  # after the lock and the resume checks, before any work
     # Called once at the end with the finished run; their dicts are merged into summary.json (FSR does this).
     summary_hooks: list[Callable[[SearchRun], dict[str, Any] | None]] = field(default_factory=list)
@@ -359,7 +360,23 @@ class SearchRun:
             flag = integrity.untimed_work_flag(self.task, outcome, self.tree[0].outcome)
             if flag:
                 outcome.flags.append(flag)
+        if self.analyst and node.id != 0:
+            outcome.analysis = self._analyse(node, outcome, ndir)
         self._finish(node, outcome)
+
+    def _analyse(self, node: Node, outcome: Outcome, ndir: Path) -> str:
+        """The optional analyst step: free text, no retries; a failure leaves the analysis empty."""
+        from speedrunner.agents.prompts import analyst_prompt
+        from speedrunner.scoring.outcome import read_log, tail
+
+        node.outcome = outcome
+        prompt = analyst_prompt(node, self.task, (ndir / "diff.patch").read_text(),
+                                tail(read_log(ndir / "stdout.log"), 20))
+        node.outcome = None
+        res = self._agent("analyst").act(prompt, None, max_retries=0)
+        transcript = [entry for agent in self._agents for entry in agent.log]
+        atomic_write_json(ndir / "transcript.json", transcript)
+        return (res.value or "").strip() if res.ok else ""
 
     def _diff_from_root(self, node: Node) -> str:
         root, pats = self.tree[0], self.task.editable
