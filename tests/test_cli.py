@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from conftest import read_summary, run_cli
 
 from speedrunner.cli import main
@@ -77,3 +79,19 @@ def test_oracle_run_from_the_command_line(tmp_path):
     for key in ("n_nodes", "n_valid", "baseline_metric", "best_metric", "best_node", "speedup"):
         assert key in s
     assert (run_dir / "config.yaml").read_text().startswith("# speedrunner run configuration")
+
+
+def test_a_grid_runs_every_combination_into_one_folder_that_report_reads(tmp_path):
+    grid = tmp_path / "grid"
+    p = run_cli("run", "-m", "task=collatz", "model=oracle,null", "scaffold=tree", "budget.max_nodes=1",
+                "hints=[],[1]", "reeval.runs=0", f"run_dir={grid}")
+    assert p.returncode == 0, p.stdout + p.stderr
+    runs = sorted(d.name for d in grid.iterdir() if (d / "summary.json").exists())
+    assert len(runs) == 4, runs
+    models = sorted(json.loads((grid / r / "summary.json").read_text())["model"] for r in runs)
+    hints = sorted(str(json.loads((grid / r / "summary.json").read_text())["hints"]) for r in runs)
+    assert models == ["null", "null", "oracle", "oracle"] and hints == ["[1]", "[1]", "[]", "[]"]
+    p = run_cli("report", str(grid), "--out", str(tmp_path / "rep"), "--no-plots")
+    assert p.returncode == 0, p.stderr
+    data = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert len(data["runs"]) == 4

@@ -56,9 +56,48 @@ def print_summary(run) -> None:
     console.print(f"run folder: {run.run_dir}  (summary.json, journal.jsonl, nodes/v_N/)")
 
 
+def cmd_grid(args: argparse.Namespace) -> int:
+    """``run -m``: one normal run folder per combination of the sweep overrides, all under one folder."""
+    import re
+    import time
+
+    from speedrunner.runner import expand_grid
+
+    overrides = [o for o in args.overrides if not o.startswith("run_dir=")]
+    base = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("run_dir=")), None)
+    grid_dir = Path(base) if base else Path("runs") / f"grid_{time.strftime('%Y%m%d-%H%M%S')}"
+    combos = expand_grid(overrides)
+    console.print(f"[bold]speedrunner[/bold] grid of {len(combos)} runs into {grid_dir}")
+    failed = 0
+    for i, combo in enumerate(combos):
+        swept = [c for c in combo if c not in args.overrides]
+        slug = re.sub(r"[^A-Za-z0-9_.,-]+", "-", "_".join(swept) or "run").strip("-")[:120]
+        run_dir = grid_dir / f"{i:03d}_{slug}"
+        if (run_dir / "summary.json").exists() and json.loads((run_dir / "summary.json").read_text()).get(
+                "status") == "finished":
+            console.print(f"[dim]{run_dir.name}: finished before, skipped[/dim]")
+            continue
+        console.print(f"[bold]run {i + 1}/{len(combos)}[/bold]: {' '.join(swept)}", markup=True)
+        sub = argparse.Namespace(overrides=[*combo, f"run_dir={run_dir}"], cfg=False, config_dir=args.config_dir,
+                                 multirun=False)
+        try:
+            if (run_dir / "journal.jsonl").exists():
+                cmd_resume(argparse.Namespace(run_dir=str(run_dir), overrides=[]))
+            else:
+                cmd_run(sub)
+        except UserError as e:
+            failed += 1
+            err_console.print(f"[red]run {i + 1} failed:[/red] {escape(str(e))}")
+    console.print(f"grid done: {len(combos) - failed}/{len(combos)} runs in {grid_dir}; "
+                  f"next: speedrunner report {grid_dir}", markup=False)
+    return 0 if not failed else 1
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from speedrunner.runner import build, compose, default_run_dir, save_config
 
+    if getattr(args, "multirun", False):
+        return cmd_grid(args)
     overrides = list(args.overrides)
     if args.config_dir:
         path = Path(args.config_dir).expanduser().resolve()
@@ -286,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a search: speedrunner run task=collatz model=oracle scaffold=aide")
     r.add_argument("--cfg", action="store_true", help="print the resolved config and exit")
+    r.add_argument("-m", "--multirun", action="store_true",
+                   help="a grid: every a=x,y override multiplies the runs (run_dir= names the grid's folder)")
     r.add_argument("--config-dir", help="a folder of your own config files (e.g. coder/mine.yaml) searched too")
     r.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. scaffold=aide budget.max_nodes=8")
     r.set_defaults(func=cmd_run)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import itertools
 import json
 import re
 import sys
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra import compose as hydra_compose
 from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
@@ -62,6 +64,22 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
         cfg = hydra_compose(config_name="config", overrides=_quote_group_names(list(overrides)))
     OmegaConf.resolve(cfg)
     return cfg
+
+
+def expand_grid(overrides: list[str]) -> list[list[str]]:
+    """Hydra multirun semantics: every sweep override (``a=1,2``, ``hints=[],[1]``) multiplies the runs;
+    returns one override list per run, in the order Hydra's basic sweeper would run them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(_quote_group_names(list(overrides)))
+    axes: list[list[str]] = []
+    for o in parsed:
+        if o.is_sweep_override():
+            key = o.key_or_group
+            axes.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+        else:
+            axes.append([o.input_line])
+    return [list(combo) for combo in itertools.product(*axes)]
 
 
 def config_hash(cfg: DictConfig | dict[str, Any]) -> str:
@@ -121,7 +139,11 @@ def build(cfg: DictConfig, run_dir: Path, progress: Progress | None = None,
     else:
         cache = ResponseCache(run_dir / "llm_cache.sqlite")
         models = build_role_models(cfg, task, coder_cls, cache=cache, ledger=ledger)
-    levels = [int(x) for x in cfg.hints]
+    raw_levels = yaml.safe_load(cfg.hints) if isinstance(cfg.hints, str) else cfg.hints  # hints='[1]' quoted
+    try:
+        levels = [int(x) for x in (raw_levels or [])]
+    except (TypeError, ValueError):
+        raise UserError(f"hints: expected a list of levels such as [1] or [1,2,3], got {cfg.hints!r}") from None
     reference = (task.template_dir, task.reference_dir, task.editable) if task.reference_dir else None
     hints = select_hints(task.hints_dir, levels, [str(g) for g in cfg.knowledge_src_paths], reference)
     sc = cfg.scaffold
