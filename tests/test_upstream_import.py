@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from speedrunner.core.errors import UserError
 from speedrunner.tasks.metrics import parse_metrics
@@ -402,3 +403,19 @@ def test_real_upstream_checkout(tmp_path):
     assert get_task("nanogpt_speedrun_medium/record_9", extra=[out]).vars["next_log"] is not None
     skipped = {(s.track, s.record) for s in rep.skipped_records}
     assert {(1, 1), (1, 66), (1, 86), (2, 1), (2, 11)} <= skipped
+
+
+def test_tasks_lists_imported_suites_and_requirements(tmp_path):
+    from conftest import run_cli
+
+    out = tmp_path / "tasks"
+    import_records(_copy(tmp_path), out)
+    listing = run_cli("tasks", "--task-paths", str(out), "--suite", "track1")
+    assert listing.returncode == 0, listing.stderr
+    assert "nanogpt_speedrun/record_" in listing.stdout and "collatz" not in listing.stdout
+    assert "nanogpt_speedrun_medium" not in listing.stdout
+    medium = run_cli("tasks", "--task-paths", str(out), "--suite", "track2")
+    assert "nanogpt_speedrun_medium/record_" in medium.stdout
+    specs = sorted(out.rglob("task.yaml"))
+    reqs = [yaml.safe_load(p.read_text()).get("requirements") for p in specs]
+    assert any(r and r.get("torch") for r in reqs)

@@ -195,15 +195,25 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     table = Table(title="tasks")
     for col in ("id", "metric", "sizes", "description"):
         table.add_column(col, overflow="fold")
+    rows: list[tuple[str, str, str, str]] = []
     for tid, path in list_tasks(args.task_paths).items():
         try:
             raw = read_spec(path)
+            suites = {raw.get("suite")} | set((raw.get("vars") or {}).get("suites") or [])
+            if args.suite and args.suite not in suites and not tid.startswith(f"{args.suite}/"):
+                continue
             desc = str(raw.get("description", "")).strip().splitlines()[0][:70]
             metric = f"{raw.get('metric', {}).get('name', '?')} ({raw.get('metric', {}).get('direction', 'minimize')})"
             sizes = ",".join(raw.get("sizes", {}) or []) or "-"
         except UserError as e:
-            desc, metric, sizes = f"[red]{e}[/red]", "?", "?"
-        table.add_row(tid, metric, sizes, desc)
+            desc, metric, sizes = f"error: {e}", "?", "?"
+        rows.append((tid, metric, sizes, desc))
+    if not console.is_terminal:  # piped: one plain line per task, easy to grep and script
+        for row in rows:
+            print("\t".join(row))
+        return 0
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
     return 0
 
@@ -214,23 +224,30 @@ def cmd_data(args: argparse.Namespace) -> int:
     try:
         mod = importlib.import_module(f"speedrunner.data.{args.name}")
     except ImportError:
-        raise UserError(f"unknown data set {args.name!r}; known: nanogpt_mini") from None
+        raise UserError(f"unknown data set {args.name!r}; known: nanogpt_mini, fineweb10B") from None
     if args.action == "prepare":
-        kwargs = {"force": args.force}
+        kwargs: dict = {"force": args.force}
         if args.out:
             kwargs["out_dir"] = Path(args.out)
         if args.text:
             kwargs["text_file"] = Path(args.text)
+        if args.shards is not None:
+            kwargs["shards"] = args.shards
         path = mod.prepare(**kwargs)
     else:
         path = Path(args.out) if args.out else None
-        mod.check(path)
+        counts = mod.check(path)
         path = path or mod.default_dir()
-    meta = json.loads((Path(path) / "meta.json").read_text())
-    console.print(f"{args.name}: {path}")
-    for key in ("vocab_size", "tokens"):
-        if key in meta:
-            console.print(f"  {key}: {meta[key]}")
+    console.print(f"{args.name}: {path}", markup=False)
+    meta_file = Path(path) / "meta.json"
+    if meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        for key in ("vocab_size", "tokens"):
+            if key in meta:
+                console.print(f"  {key}: {meta[key]}", markup=False)
+    else:
+        counts = mod.check(path)
+        console.print(f"  {len(counts)} shards, {sum(counts.values()):,} tokens", markup=False)
     return 0
 
 
@@ -343,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("tasks", help="list the tasks speedrunner knows")
     t.add_argument("--task-paths", nargs="*", default=[], help="extra folders to search for task.yaml files")
+    t.add_argument("--suite", help="only this suite, e.g. nanogpt_mini, paper, track1, track2")
     t.set_defaults(func=cmd_tasks)
 
     v = sub.add_parser("verify", help="re-evaluate a folder against a task: speedrunner verify --task T DIR")
@@ -379,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", help="folder to write to / check (default: the cache)")
     d.add_argument("--text", help="prepare from your own UTF-8 text file instead of the built-in corpus")
     d.add_argument("--force", action="store_true", help="rebuild even if a valid cached copy exists")
+    d.add_argument("--shards", type=int, help="fineweb10B: training shards to fetch (100M tokens each)")
     d.set_defaults(func=cmd_data)
 
     ld = sub.add_parser("ladder", help="calibrate a ladder on this machine: speedrunner ladder time --runs 3")
@@ -403,6 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted; 'speedrunner resume RUN_DIR' continues the run")
         return 130
+    except BrokenPipeError:  # the reader went away (e.g. `speedrunner tasks | head`): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except (UserError, ReplayMismatch) as e:
         err_console.print("[red]error:[/red] " + escape(str(e)))
         return 2

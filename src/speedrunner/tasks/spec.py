@@ -107,6 +107,8 @@ class TaskSpec(_Strict):
     default_size: str | None = None
     record: int | None = None
     suite: str | None = None
+    # What the task was measured with and needs (e.g. {python, torch, cuda, triton, gpu, gpus}); informative.
+    requirements: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("command")
     @classmethod

@@ -651,6 +651,10 @@ def _task_yaml(track: Track, base: Source, nxt: Source, choice: str, readme: Rea
         "valid_if": ["exit_code == 0", "val_loss <= {target_val_loss}"],
         "record": R,
         "suite": track.family,
+        "requirements": {k: v for k, v in {
+            "python": base.env.get("python_version"), "torch": base.env.get("torch_version"),
+            "cuda": base.env.get("cuda_version"), "triton": base.env.get("triton_version"),
+            "gpu": base.env.get("gpu_name"), "gpus": base.env.get("gpu_count") or NPROC}.items() if v},
         "vars": vars_,
     })
     head = (f"{GENERATED_MARK} from the upstream speedrun (modded-nanogpt"
