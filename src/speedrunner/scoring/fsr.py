@@ -59,16 +59,11 @@ def fsr_for_run(run) -> dict[str, Any] | None:
                    "next_valid": res.get("valid"), "next_reason": res.get("reason")}
             run.journal.write("reference_run", record=task.record + 1, **{k: v for k, v in res.items()})
         atomic_write_json(cache, ref)
-    t_agent = best.outcome.metric if best.outcome is not None else None
-    if reeval is not None:  # trusted times: the node chosen by re-evaluation, its mean over the re-runs
-        chosen = reeval.get("chosen_node")
-        best = run.tree.get(chosen) if chosen is not None else None
-        t_agent = reeval["nodes"][str(chosen)]["metric_mean"] if chosen is not None else None
+    # trusted times: the node chosen by re-evaluation, its mean over the re-runs
+    t_agent = reeval["nodes"][str(best.id)]["metric_mean"] if reeval is not None else best.outcome.metric
     out: dict[str, Any] = {"t_R": ref.get("t_R"), "t_next": ref.get("t_next"), "t_agent": t_agent,
                            "fsr_source": ref["source"], "t_agent_source": "reeval" if reeval is not None else "search"}
-    if best is None or best.id == 0:
-        out["fsr"] = 0.0  # nothing beat the starting code
-    elif out["t_R"] is None or out["t_next"] is None:
+    if out["t_R"] is None or out["t_next"] is None:
         out["fsr"] = None
         out["fsr_note"] = f"record {task.record + 1} did not give a valid time: {ref.get('next_reason')}"
     else:

@@ -14,23 +14,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-SHARD_MAGIC = 20240520
-HEADER_INTS = 256
-
-
-def read_tokens(path: Path, max_tokens: int | None = None):
-    import torch
-
-    raw = Path(path).read_bytes()
-    header = torch.frombuffer(bytearray(raw[: HEADER_INTS * 4]), dtype=torch.int32)
-    if int(header[0]) != SHARD_MAGIC or int(header[1]) != 1:
-        raise ValueError(f"{path}: not a speedrun shard (bad magic or version)")
-    n = int(header[2])
-    body = raw[HEADER_INTS * 4:]
-    if len(body) != 2 * n:
-        raise ValueError(f"{path}: truncated: header says {n} tokens, file holds {len(body) // 2}")
-    tokens = torch.frombuffer(bytearray(body), dtype=torch.uint16).to(torch.int64)
-    return tokens[: max_tokens + 1] if max_tokens else tokens
+from speedrunner.data.shards import read_shard
 
 
 def test_loss(export_path: Path, shard: Path, seq_len: int, max_tokens: int, batch_size: int = 8,
@@ -45,7 +29,8 @@ def test_loss(export_path: Path, shard: Path, seq_len: int, max_tokens: int, bat
     except Exception as e:
         raise ValueError(f"{export_path}: not a loadable TorchScript module ({type(e).__name__}: {e})") from None
     model.eval()
-    tokens = read_tokens(shard, max_tokens)
+    tokens = read_shard(shard).to(torch.int64)
+    tokens = tokens[: max_tokens + 1] if max_tokens else tokens
     n_windows = (len(tokens) - 1) // seq_len
     if n_windows == 0:
         raise ValueError(f"{shard}: fewer than {seq_len + 1} tokens")

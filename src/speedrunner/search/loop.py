@@ -426,7 +426,3 @@ class SearchRun:
         }
         atomic_write_json(self.run_dir / "summary.json", s)
         return s
-
-
-def load_summary(run_dir: Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / "summary.json").read_text())
