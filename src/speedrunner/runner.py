@@ -97,12 +97,6 @@ def default_run_dir(cfg: DictConfig) -> Path:
     return Path("runs") / f"{stamp}_{clean(cfg.task.id)}_{clean(cfg.model.name)}_{clean(cfg.scaffold.name)}_s{cfg.seed}"
 
 
-def _prior_wall_s(run_dir: Path) -> float:
-    try:
-        return float(json.loads((run_dir / "summary.json").read_text()).get("wall_s") or 0.0)
-    except (OSError, ValueError):
-        return 0.0
-
 
 def prepare_data(name: str) -> Path:
     try:
@@ -129,7 +123,7 @@ def build(cfg: DictConfig, run_dir: Path, progress: Progress | None = None,
     ideator_cls = resolve("ideator", cfg.ideator, IDEATORS)
     budget = cfg.budget
     try:
-        ledger = Ledger.from_caps(budget, wall_s_before=_prior_wall_s(run_dir))
+        ledger = Ledger.from_caps(budget)  # the loop adds earlier sessions' wall time on resume
     except ValueError as e:
         raise UserError(str(e)) from None
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -12,25 +12,16 @@ The run's FSR uses the re-evaluated times; a node whose own time differs from th
 
 from __future__ import annotations
 
-import importlib
 import shutil
 import statistics
 from pathlib import Path
 from typing import Any
 
-from speedrunner.core.errors import UserError
+from speedrunner.core.registry import import_object
 from speedrunner.execution.local import LocalExecutor
 from speedrunner.scoring.outcome import score
 from speedrunner.tasks.spec import Task
 from speedrunner.workspace.fsutil import atomic_write_json, read_json
-
-
-def _evaluator(path: str):
-    mod, _, fn = path.partition(":")
-    try:
-        return getattr(importlib.import_module(mod), fn)
-    except (ImportError, AttributeError) as e:
-        raise UserError(f"reeval.evaluator: cannot import {path!r} ({e}); expected 'package.module:function'") from None
 
 
 def reevaluate(task: Task, files: dict[str, Path], work: Path, executor: LocalExecutor, runs: int) -> dict[str, Any]:
@@ -60,7 +51,7 @@ def reevaluate(task: Task, files: dict[str, Path], work: Path, executor: LocalEx
             try:
                 if export is None or not export.is_file():
                     raise ValueError(f"the script wrote no model export to ${spec['export_env']}")
-                rec.update(_evaluator(spec["evaluator"])(export_path=export, **spec.get("evaluator_args", {})))
+                rec.update(import_object(spec["evaluator"], "reeval.evaluator")(export_path=export, **spec.get("evaluator_args", {})))
                 gap = spec.get("max_test_gap")
                 val = out.metrics.get("val_loss")
                 if gap is not None and val is not None and rec["test_loss"] > val + float(gap):

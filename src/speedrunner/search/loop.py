@@ -109,6 +109,8 @@ class SearchRun:
                 self.prior_wall_s = float(json.loads(summary.read_text()).get("wall_s") or 0.0)
             except (ValueError, json.JSONDecodeError):
                 self.prior_wall_s = 0.0
+        if self.ledger is not None:  # the wall-time cap counts earlier sessions of this run too
+            self.ledger.wall_s_before = self.prior_wall_s
         tree = self.store.load_all()
         for nid in sorted(tree):
             if tree[nid].outcome is None and nid != 0:
