@@ -39,7 +39,7 @@ def reevaluate(task: Task, files: dict[str, Path], work: Path, executor: LocalEx
         env = dict(task.env)
         export = None
         if spec.get("export_env"):
-            export = rdir / "export" / "model.pt"
+            export = (rdir / "export" / "model.pt").resolve()  # the script runs elsewhere: never relative
             export.parent.mkdir(parents=True, exist_ok=True)
             env[spec["export_env"]] = str(export)
         ex = executor.run(task.command, cwd=ws, out_dir=rdir, timeout_s=task.timeout_s, env=env,
