@@ -198,11 +198,12 @@ class LocalExecutor:
                 if now - t0 > timeout:
                     timed_out, reason = True, f"timed out after {timeout:g} s"
                     break
+                # every poll: a flood writes hundreds of MB a second, so a quarter second is too long
+                if _size(stdout_path) + _size(stderr_path) > self.max_log_bytes:
+                    reason = f"log exceeded {self.max_log_bytes} bytes"
+                    break
                 if now >= next_check:
                     next_check = now + 0.25
-                    if _size(stdout_path) + _size(stderr_path) > self.max_log_bytes:
-                        reason = f"log exceeded {self.max_log_bytes} bytes"
-                        break
                     rss, cpu = group_stats(proc.pid)
                     peak_mb = max(peak_mb, rss)
                     for pid_, c in cpu.items():
@@ -214,7 +215,9 @@ class LocalExecutor:
                 time.sleep(nap)
                 nap = min(nap * 2, self.poll_s)
             if reason is not None:
-                status, usage = _kill_group(proc, self.kill_grace_s)
+                # a slow node gets its grace; a node still flooding or allocating is stopped at once (in the
+                # sandbox SIGTERM never reaches it, so a grace would give it kill_grace_s more to run wild)
+                status, usage = _kill_group(proc, self.kill_grace_s if timed_out else 0.0)
             else:
                 _kill_leftovers(proc.pid)
             wall = time.monotonic() - t0
@@ -241,17 +244,26 @@ class LocalExecutor:
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """Ask the kernel to SIGKILL this process when the runner that started it dies (even by SIGKILL), so a
-    crashed runner leaves no training run behind (the namespace sandbox then takes the rest with it)."""
+def _load_prctl():
+    """libc's prctl, looked up once in the runner (a forked child should not have to load a library)."""
     if not sys.platform.startswith("linux"):
-        return
+        return None
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        pass
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when the runner that started it dies (even by SIGKILL), so a
+    crashed runner leaves no training run behind (the namespace sandbox then takes the rest with it)."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _size(p: Path) -> int:

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from speedrunner.core.types import ExecResult, Outcome, Status
-from speedrunner.tasks.metrics import parse_metrics
+from speedrunner.tasks.metrics import Parser, parse_metrics
 from speedrunner.tasks.spec import Task
 
 TAIL_LINES = 12
@@ -29,6 +29,34 @@ def tail(text: str, n: int = TAIL_LINES, width: int = 300) -> str:
     """The last ``n`` lines, each cut to ``width`` characters (reasons go back into prompts)."""
     lines = text.rstrip().splitlines()[-n:]
     return "\n".join(line if len(line) <= width else line[:width] + " ..." for line in lines)
+
+
+def contradicted(parsers: list[Parser], logs: dict[str, str]) -> list[str]:
+    """Values read from the *first* match of a pattern that a later match of it contradicts.
+
+    ``match: first`` is for a value the script prints once (e.g. ``val_tokens:N``). A log that gives it
+    again with another value cannot be read either way: in particular a record script's log starts with
+    its own source, so a line planted in the code would otherwise outvote what the script printed."""
+    out = []
+    for p in parsers:
+        if p.match != "first":
+            continue
+        seen: dict[str, list[str]] = {}
+        for m in p.pattern.finditer(logs.get(p.source, "")):
+            for key, raw in m.groupdict().items():
+                if raw is not None and raw not in seen.setdefault(key, []):
+                    seen[key].append(raw)
+        for key, raws in seen.items():
+            if len({_num(r) for r in raws}) > 1:
+                out.append(f"{key} is given more than once in the log, with different values ({', '.join(raws[:5])})")
+    return out
+
+
+def _num(raw: str) -> float | str:
+    try:
+        return float(raw)
+    except ValueError:
+        return raw
 
 
 def score(task: Task, ex: ExecResult, changed_files: list[str] | None = None) -> Outcome:
@@ -59,7 +87,7 @@ def score(task: Task, ex: ExecResult, changed_files: list[str] | None = None) ->
         return buggy(f"no {task.metric.name} found in the log; last lines:\n{tail(logs['stdout'])}")
     if math.isnan(primary) or math.isinf(primary):
         return buggy(f"{task.metric.name} is not a finite number in the log")
-    failures = [r for c in task.conditions if (r := c.check(metrics))]
+    failures = contradicted(task.parsers, logs) + [r for c in task.conditions if (r := c.check(metrics))]
     if failures:
         return Outcome(status=Status.INVALID, valid=False, reason="; ".join(failures), **base)
     return Outcome(status=Status.VALID, valid=True, reason="", **base)

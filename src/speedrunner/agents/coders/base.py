@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import ClassVar
@@ -28,16 +29,42 @@ def says_no_change(text: str) -> bool:
     return bool(_NO_CHANGE.search(text))
 
 
-def check_path(path: str, protected: list[str]) -> str:
-    """A relative path inside the workspace that is not protected; else an EditError for the model."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+NAME_MAX = 255  # bytes in one file or folder name (Linux, macOS)
+
+
+def check_path(path: str, protected: list[str], existing: Iterable[str] = ()) -> str:
+    """A relative path inside the workspace that is not protected and that a file can be written to; else
+    an EditError for the model. ``existing``: the files the edit starts from (a path cannot run through one
+    of them, nor be a folder of one)."""
     p = PurePosixPath(path.strip())
     if not path.strip() or p.is_absolute() or ".." in p.parts:
         raise EditError(f"'{path}' is not a path inside the workspace; use a relative path such as train_gpt.py.")
     rel = p.as_posix()
-    if matches(rel, protected):
+    if _CONTROL.search(rel):
+        raise EditError(f"{rel!r} contains a control character; use a plain relative path such as train_gpt.py.")
+    if any(len(part.encode("utf-8", "surrogatepass")) > NAME_MAX for part in p.parts):
+        raise EditError(f"'{rel[:60]}...': a name in this path is too long (at most {NAME_MAX} bytes).")
+    if matches(rel, protected) or any(matches(a.as_posix(), protected) for a in p.parents if a.parts):
         raise EditError(f"'{rel}' is protected (data or evaluation code) and cannot be edited; "
                         "change the other files instead.")
+    for other in existing:
+        if rel.startswith(other + "/"):
+            raise EditError(f"'{rel}' puts a file inside '{other}', which is a file, not a folder.")
+        if other.startswith(rel + "/"):
+            raise EditError(f"'{rel}' is a folder (it holds {other}), not a file.")
     return rel
+
+
+def check_text(path: str, text: str | None) -> None:
+    """New file content must be writable as UTF-8 (a reply decoded from JSON can hold lone surrogates)."""
+    if text is None:
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise EditError(f"The new content of {path} holds a character that cannot be written as UTF-8 "
+                        f"({text[e.start]!r} at position {e.start}); send the edit again without it.") from None
 
 
 class Coder:

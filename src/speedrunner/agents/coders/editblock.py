@@ -7,7 +7,14 @@ import re
 from dataclasses import dataclass
 
 from speedrunner.agents.coders import editblock_prompts as P
-from speedrunner.agents.coders.base import Coder, EditError, EditResult, check_path, says_no_change
+from speedrunner.agents.coders.base import (
+    Coder,
+    EditError,
+    EditResult,
+    check_path,
+    check_text,
+    says_no_change,
+)
 
 _SEARCH = re.compile(r"^\s*<{5,9} ?SEARCH\s*$")
 _DIVIDER = re.compile(r"^\s*={5,9}\s*$")
@@ -174,7 +181,7 @@ class EditBlockCoder(Coder):
         for index, b in enumerate(blocks, 1):
             if b.path is None:
                 raise EditError(P.NO_PATH.format(index=index))
-            path = check_path(b.path, protected)
+            path = check_path(b.path, protected, existing=current)
             if not any(x.strip() for x in b.search):  # an empty (or blank) SEARCH part creates a file
                 if path in current and current[path].strip():
                     raise EditError(P.EXISTS.format(index=index, path=path))
@@ -193,6 +200,8 @@ class EditBlockCoder(Coder):
             current[path] = result
             touched.add(path)
         edits = {p: current[p] for p in sorted(touched) if files.get(p) != current[p]}
+        for p, text in edits.items():
+            check_text(p, text)
         return EditResult(edits=edits, no_change=not edits)
 
     @classmethod

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import re
+from pathlib import PurePosixPath
 
 from speedrunner.agents.coders import wholefile_prompts as P
-from speedrunner.agents.coders.base import Coder, EditError, EditResult, check_path, says_no_change
+from speedrunner.agents.coders.base import (
+    Coder,
+    EditError,
+    EditResult,
+    check_path,
+    check_text,
+    says_no_change,
+)
 from speedrunner.agents.listing import render_files
 
 # "### File: any/path" (the documented form; any file name), or a bare path with an extension.
@@ -29,7 +37,10 @@ def parse_whole_files(text: str) -> dict[str, str]:
         while k < len(lines) and lines[k].strip() != fence:
             body.append(lines[k])
             k += 1
-        out[h.group("named") or h.group("path")] = "\n".join(body) + "\n" if body else ""
+        path = h.group("named") or h.group("path")
+        if k == len(lines):  # no closing fence: the reply was most likely cut off (its token limit)
+            raise EditError(P.UNCLOSED.format(path=path, fence=fence))
+        out[path] = "\n".join(body) + "\n" if body else ""
         i = k + 1
     return out
 
@@ -47,8 +58,10 @@ class WholeFileCoder(Coder):
                 return EditResult(edits={}, no_change=True)
             raise EditError(P.NOTHING_FOUND)
         edits: dict[str, str | None] = {}
+        listed = [PurePosixPath(raw.strip()).as_posix() for raw in found]
         for raw, content in found.items():
-            path = check_path(raw, protected)
+            path = check_path(raw, protected, existing=[*files, *listed])
+            check_text(path, content)
             m = _ELIDED.search(content)
             if m and path in files and m.group(0) not in files[path]:
                 raise EditError(P.ELIDED.format(path=path, marker=m.group(0).strip()))

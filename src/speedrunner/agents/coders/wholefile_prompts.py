@@ -23,3 +23,7 @@ code block holding the whole new content, or reply with exactly NO CHANGE."""
 
 ELIDED = """\
 The new content of {path} looks elided (it contains "{marker}"). Give the whole file, every line of it."""
+
+UNCLOSED = """\
+The code block for {path} is not closed: the reply ended inside it, so it was probably cut off. Send the
+whole file again, with the closing {fence} alone on the line after its last line."""
