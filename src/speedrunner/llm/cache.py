@@ -6,9 +6,10 @@ identical request of a run gets the n-th stored answer, so three identical draft
 three different samples, and a replay gets them back in the same order.
 
 - Resume: ``CachingModel.resume(calls)`` takes the journal records of the calls the kept nodes made
-  (they carry ``cache_key`` and ``occurrence`` from ``Completion.meta``) and sets the occurrence
-  counters past them; the calls of a node made again after a crash then hit the cache: resume never
-  pays twice.
+  (they carry ``cache_key`` and ``occurrence`` from ``Completion.meta``) and marks those occurrences
+  used; a request then gets the lowest occurrence not used yet, so the calls of a node made again after
+  a crash hit the cache, even when (several workers) a node that finished had asked after it: resume
+  never pays twice.
 - Replay: ``strict=True`` raises :class:`~speedrunner.llm.errors.CacheMiss` instead of calling the
   model, so a replay needs no network and no key, and stops at the first request the run never made.
 
@@ -62,7 +63,8 @@ class ResponseCache:
         self.readonly = readonly
         self.namespace = namespace
         self._lock = threading.Lock()
-        self._next: dict[str, int] = defaultdict(int)
+        self._next: dict[str, int] = defaultdict(int)  # per key: no occurrence below this is free
+        self._taken: dict[str, set[int]] = defaultdict(set)  # per key: occurrences at or above it already used
         if readonly:
             if not self.path.is_file():
                 raise FileNotFoundError(f"response cache {self.path} does not exist")
@@ -77,19 +79,29 @@ class ResponseCache:
 
     # ------------------------------------------------------------------ occurrence counters
     def take_occurrence(self, key: str) -> int:
+        """The lowest occurrence of ``key`` not used yet in this process (0, 1, 2, ... in a fresh run)."""
         with self._lock:
             n = self._next[key]
+            taken = self._taken.get(key)
+            while taken and n in taken:
+                taken.discard(n)
+                n += 1
             self._next[key] = n + 1
             return n
 
     def seen(self, key: str, occurrence: int) -> None:
-        """Record that ``occurrence`` of ``key`` was used (resume): the next one is past it."""
+        """Record that ``occurrence`` of ``key`` was used (resume). Occurrences below it that no kept node
+        used stay free: with several workers a node cut off by a crash may have asked before a node that
+        finished, and when it is made again it gets its stored answer back instead of a new, paid call."""
         with self._lock:
-            self._next[key] = max(self._next[key], int(occurrence) + 1)
+            occ = int(occurrence)
+            if occ >= self._next[key]:
+                self._taken[key].add(occ)
 
     def reset_counters(self) -> None:
         with self._lock:
             self._next.clear()
+            self._taken.clear()
 
     # ------------------------------------------------------------------ storage
     def get(self, key: str, occurrence: int) -> dict[str, Any] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import yaml
@@ -63,13 +64,15 @@ class ScriptedModel:
         self.responses: list[str] = responses
         self.on_exhausted = on_exhausted
         self.calls = 0
+        self._lock = threading.Lock()  # workers (executor.workers > 1) call it from several threads
 
     def resume(self, calls: list[dict]) -> None:
         self.calls += len(calls)
 
     def complete(self, messages: list[Message]) -> Completion:
-        i = self.calls
-        self.calls += 1
+        with self._lock:
+            i = self.calls
+            self.calls += 1
         if i >= len(self.responses):
             if self.on_exhausted == "error":
                 raise RuntimeError(f"scripted model {self.path}: all {len(self.responses)} responses used")

@@ -12,6 +12,15 @@ never be compared again (the debug child would replace it as "the newest childre
 
 The policy sees only finished outcomes, so the same config and the same outcomes give the same
 decisions: a resumed run replays the steps it already took and continues.
+
+Several workers (``executor.workers > 1``): the loop asks for a step whenever a worker is free and no
+node of an earlier step is still waiting to start, so some nodes of earlier steps may still be running.
+``observe`` is then given the nodes that *finished* since the previous step (with one worker these are
+exactly the nodes the previous step made), so every node is folded into the running best once, when its
+outcome is known. The tree passed to ``next`` holds the finished nodes only; their ``children`` lists
+include children that are decided but not finished, so a buggy node whose fix is under way is not
+debugged twice. ``last_draw`` is the number drawn by the latest step (None when none was drawn), kept
+in the loop's decision log.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ class GreedyPolicy:
     step: int = field(default=0, init=False)
     prev_best: int | None = field(default=None, init=False)
     newest: list[int] = field(default_factory=list, init=False)
+    last_draw: float | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         if self.n_initial < 1:
@@ -75,9 +85,11 @@ class GreedyPolicy:
         )
 
     def next(self, tree: dict[int, Node]) -> Expansion:
-        """The next expansion given the finished tree. Call :meth:`observe` with the ids it created."""
+        """The next expansion given the finished tree. Before each step after the first, :meth:`observe`
+        gets the nodes to fold into the running best (see the module docstring)."""
         step = self.step
         self.step += 1
+        self.last_draw = None
         if step > 0:  # fold the children of the last step into the running best
             pool = [tree[0]] + ([tree[self.prev_best]] if self.prev_best is not None else [])
             best = self.best_of(pool + [tree[i] for i in self.newest])
@@ -86,7 +98,7 @@ class GreedyPolicy:
             return Expansion(0, Operator.DRAFT, self.n_initial)
         if self.n_branch == 0:
             return Expansion(0, Operator.DRAFT, self.n_initial)
-        draw = self.rng.random()
+        draw = self.last_draw = self.rng.random()
         if draw < self.debug_prob:
             candidates = self.debug_candidates(tree)
             if candidates:
@@ -95,6 +107,8 @@ class GreedyPolicy:
         return Expansion(parent, Operator.IMPROVE, self.n_branch)
 
     def observe(self, created: list[int]) -> None:
+        """The nodes to fold into the running best at the next step: those the previous step made (one
+        worker), or those that finished since the previous step (several workers)."""
         self.newest = list(created)
 
     def state(self) -> dict:

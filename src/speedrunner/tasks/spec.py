@@ -76,6 +76,28 @@ class ReevalSpec(_Strict):
     mismatch_tolerance: float = 0.1  # flag when the node's own metric differs from the re-runs by more
 
 
+class RequirementsSpec(BaseModel):
+    """What a task needs. ``pip`` (and ``inherit``) are acted on: the executor runs the task's nodes in a
+    virtual environment with those packages (execution/envs.py). Every other key (``python``, ``torch``,
+    ``cuda``, ``triton``, ``gpu``, ``gpus``, as the upstream importer writes them) is informative."""
+
+    model_config = ConfigDict(extra="allow")
+
+    pip: list[str] = Field(default_factory=list)  # pip requirement specifiers, e.g. "six==1.16.0"
+    inherit: bool = True  # the environment also sees speedrunner's own packages (after its own)
+
+    @field_validator("pip")
+    @classmethod
+    def _specifiers(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if not isinstance(item, str) or not item.strip():
+                raise ValueError("each entry must be a requirement such as 'six==1.16.0'")
+            if item.strip().startswith("-"):
+                raise ValueError(f"{item!r}: pip options are not allowed here; list requirement specifiers "
+                                 "such as 'six==1.16.0'")
+        return v
+
+
 class SizeSpec(_Strict):
     vars: dict[str, Any] = Field(default_factory=dict)
     timeout_s: float | None = None
@@ -107,8 +129,12 @@ class TaskSpec(_Strict):
     default_size: str | None = None
     record: int | None = None
     suite: str | None = None
-    # What the task was measured with and needs (e.g. {python, torch, cuda, triton, gpu, gpus}); informative.
-    requirements: dict[str, Any] = Field(default_factory=dict)
+    # What the task needs: pip packages for its own environment (acted on), and what it was measured with
+    # (python, torch, cuda, triton, gpu, gpus; informative).
+    requirements: RequirementsSpec = Field(default_factory=RequirementsSpec)
+    # Launch with torchrun: this many processes per node (None: run the command as it is), on nnodes nodes.
+    nproc_per_node: int | None = Field(default=None, ge=1)
+    nnodes: int = Field(default=1, ge=1)
 
     @field_validator("command")
     @classmethod
@@ -158,6 +184,16 @@ class Task:
     hidden: list[str] = field(default_factory=list)  # absolute paths made unreadable inside the sandbox
     reeval: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # torchrun: processes per node (None: the command runs as it is) and nodes
+    nproc_per_node: int | None = None
+    nnodes: int = 1
+    # the task.yaml's requirements mapping: ``pip``/``inherit`` build the task's environment; the rest informs
+    requirements: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def distributed(self) -> bool:
+        """Launched with torchrun: the task declares nproc_per_node or more than one node."""
+        return self.nproc_per_node is not None or self.nnodes > 1
 
     def better(self, a: float, b: float) -> bool:
         """True when metric value ``a`` is strictly better than ``b``."""
@@ -342,4 +378,7 @@ def load_task(spec_path: Path, task_id: str, size: str | None = None, data_dir: 
         vars=values,
         record=spec.record,
         suite=spec.suite,
+        nproc_per_node=spec.nproc_per_node,
+        nnodes=spec.nnodes,
+        requirements=spec.requirements.model_dump(exclude_defaults=True),
     )

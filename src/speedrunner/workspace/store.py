@@ -250,6 +250,10 @@ class NodeStore:
         node.outcome = outcome
         atomic_write_json(self.path(node.id) / "result.json", outcome.to_json(), durable=True)
 
+    def discard_tmp(self, node_id: int) -> None:
+        """Remove the half-built folder of a node whose creation failed."""
+        shutil.rmtree(self.dir / f".v_{node_id}.tmp", ignore_errors=True)
+
     def discard(self, node_id: int) -> None:
         """Remove a node folder that never finished (a crash between creation and result)."""
         shutil.rmtree(self.path(node_id), ignore_errors=True)
