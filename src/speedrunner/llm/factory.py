@@ -89,9 +89,17 @@ def build_role_models(cfg: DictConfig | dict[str, Any], task: Task, coder_cls: t
     per_role = root.get("models") or {}
     built: list[tuple[dict[str, Any], Model]] = []
     out: dict[str, Model] = {}
+    # A coder that runs its own agent (coder=aider) plays the coder role's model itself, built from that
+    # role's model config; it returns None for the configs it leaves alone (offline models).
+    own_model = getattr(coder_cls, "coder_model", None)
     for role in roles:
         mcfg = per_role.get(role) or root["model"]
         mcfg = _plain(mcfg) if not isinstance(mcfg, dict) else mcfg
+        if role == "coder" and callable(own_model):
+            mine = own_model(mcfg, task, dict(root.get("coder") or {}), **kw)
+            if mine is not None:
+                out[role] = mine
+                continue
         same = next((m for c, m in built if c == mcfg), None)
         if same is None:
             same = build_model(mcfg, task, coder_cls, **kw)
