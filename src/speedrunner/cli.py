@@ -61,14 +61,16 @@ def cmd_grid(args: argparse.Namespace) -> int:
     import re
     import time
 
+    from speedrunner.launch import is_launcher_override
     from speedrunner.runner import expand_grid
 
-    overrides = [o for o in args.overrides if not o.startswith("run_dir=")]
+    launcher = [o for o in args.overrides if is_launcher_override(o)]  # e.g. hydra/launcher=submitit_slurm
+    overrides = [o for o in args.overrides if not o.startswith("run_dir=") and o not in launcher]
     base = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("run_dir=")), None)
     grid_dir = Path(base) if base else Path("runs") / f"grid_{time.strftime('%Y%m%d-%H%M%S')}"
     combos = expand_grid(overrides)
     console.print(f"[bold]speedrunner[/bold] grid of {len(combos)} runs into {grid_dir}")
-    failed = 0
+    failed, pending = 0, []
     for i, combo in enumerate(combos):
         swept = [c for c in combo if c not in args.overrides]
         slug = re.sub(r"[^A-Za-z0-9_.,-]+", "-", "_".join(swept) or "run").strip("-")[:120]
@@ -78,6 +80,9 @@ def cmd_grid(args: argparse.Namespace) -> int:
             console.print(f"[dim]{run_dir.name}: finished before, skipped[/dim]")
             continue
         console.print(f"[bold]run {i + 1}/{len(combos)}[/bold]: {' '.join(swept)}", markup=True)
+        if launcher:  # handed to the launcher below, all at once (a Slurm job array)
+            pending.append((combo, run_dir))
+            continue
         sub = argparse.Namespace(overrides=[*combo, f"run_dir={run_dir}"], cfg=False, config_dir=args.config_dir,
                                  multirun=False)
         try:
@@ -88,6 +93,10 @@ def cmd_grid(args: argparse.Namespace) -> int:
         except UserError as e:
             failed += 1
             err_console.print(f"[red]run {i + 1} failed:[/red] {escape(str(e))}")
+    if pending:
+        from speedrunner.launch import launch_grid
+
+        failed = sum(1 for code in launch_grid(pending, launcher, grid_dir, args.config_dir) if code)
     console.print(f"grid done: {len(combos) - failed}/{len(combos)} runs in {grid_dir}; "
                   f"next: speedrunner report {grid_dir}", markup=False)
     return 0 if not failed else 1
@@ -335,6 +344,59 @@ def cmd_view(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cascade(args: argparse.Namespace) -> int:
+    """A chain of runs up a ladder, each step starting from the previous step's best node (cascade.py)."""
+    from speedrunner.cascade import Cascade, default_dir, load_spec, spec_from_args
+
+    if args.resume:
+        if args.overrides:
+            raise UserError("cascade --resume DIR takes no other arguments: the cascade's own are in DIR/cascade.json")
+        cascade_dir = Path(args.resume)
+        spec = load_spec(cascade_dir)
+    else:
+        spec, run_dir = spec_from_args(list(args.overrides), args.config_dir)
+        cascade_dir = Path(run_dir) if run_dir else default_dir(spec, args.config_dir)
+    console.print(f"[bold]speedrunner[/bold] cascade {spec.suite} records {spec.first}-{spec.last}"
+                  + (f" + {spec.beyond} beyond" if spec.beyond else "") + f" · folder {cascade_dir}")
+    cascade = Cascade(spec, cascade_dir, config_dir=args.config_dir,
+                      log=lambda line: console.print(line, markup=False),
+                      progress=lambda run: LiveProgress.for_run(run, console=console))
+    doc = cascade.run()
+    for s in doc["steps"]:
+        console.print(f"step {s['step']} ({s['mode']}, record {s['record']}): best v_{s['best_node']} "
+                      f"{_fmt(s['metric'])} vs root {_fmt(s['root_metric'])}; speedup over record {spec.first} "
+                      f"{_fmt(s.get('speedup_over_first'))} (reference {_fmt(s.get('speedup_over_first_record_ref'))})"
+                      + (f"; stopped: {s['stopped_because']}" if s["stopped_because"] else ""), markup=False)
+    claim = doc.get("claim") or {}
+    if claim.get("made"):
+        console.print(("beats" if claim["beats_last_record"] else "does not significantly beat")
+                      + f" record {claim['last_record']} on this machine (p={_fmt(claim['p_faster'])}, "
+                      f"{claim['runs']} runs each)", markup=False)
+    console.print(f"cascade.json and {doc.get('plot') or 'no plot'} in {cascade_dir}; "
+                  f"next: speedrunner report {cascade_dir}", markup=False)
+    return 0
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    """``setup aider``: aider's own virtual environment (it pins old litellm/openai/numpy)."""
+    import time
+
+    from speedrunner.agents.coders import aider
+
+    venv = aider.resolve_venv(args.venv)
+    if args.check:
+        problem = aider.venv_problem(venv)
+        console.print(f"aider {aider.AIDER_VERSION}: " + (f"ready in {venv}" if problem is None else f"not ready: {problem}"),
+                      markup=False)
+        return 0 if problem is None else 1
+    t0 = time.monotonic()
+    path, installed = aider.setup_venv(venv, python=args.python, force=args.force)
+    how = f"installed in {time.monotonic() - t0:.0f} s" if installed else "already installed (--force reinstalls)"
+    console.print(f"aider {aider.AIDER_VERSION} {how}: {path}", markup=False)
+    console.print("use it with: speedrunner run coder=aider model=... (see docs/AIDER.md)", markup=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="speedrunner", description="LLM research agents on the NanoGPT speedrun.")
     p.add_argument("--version", action="version", version=f"speedrunner {__version__}")
@@ -411,6 +473,21 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--out", help="time: calibration file (default: the cache, keyed by machine); plot: PNG path")
     ld.add_argument("--calibration", help="plot/table: a calibration file (default: this machine's)")
     ld.set_defaults(func=cmd_ladder)
+
+    cc = sub.add_parser("cascade", help="climb a ladder: speedrunner cascade suite=nanogpt_mini records=1-3 model=oracle")
+    cc.add_argument("--resume", metavar="DIR", help="continue the cascade in DIR (its settings come from DIR)")
+    cc.add_argument("--config-dir", help="a folder of your own config files searched too")
+    cc.add_argument("overrides", nargs="*", help="suite=S records=A-B [beyond=M] [require_faster=false] "
+                    "[claim_runs=K] [run_dir=DIR] and Hydra overrides for every step (model=..., task.size=...)")
+    cc.set_defaults(func=cmd_cascade)
+
+    su = sub.add_parser("setup", help="install an optional tool in its own environment: speedrunner setup aider")
+    su.add_argument("tool", choices=["aider"])
+    su.add_argument("--venv", help="where (default $SPEEDRUNNER_AIDER_VENV, else ~/.cache/speedrunner/aider-venv)")
+    su.add_argument("--python", help="the interpreter for the venv (default: the system's python3, 3.10-3.12)")
+    su.add_argument("--force", action="store_true", help="reinstall even if a finished install is there")
+    su.add_argument("--check", action="store_true", help="only say whether it is installed (exit 1 if not)")
+    su.set_defaults(func=cmd_setup)
     return p
 
 

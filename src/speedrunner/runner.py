@@ -7,6 +7,7 @@ resume can prove it is the same run.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import itertools
@@ -28,12 +29,16 @@ from speedrunner.agents.ideators import IDEATORS
 from speedrunner.agents.prompts import system_prompt
 from speedrunner.core.errors import ConfigMismatch, UserError
 from speedrunner.core.registry import resolve
+from speedrunner.execution.envs import EnvExecutor, EnvSpec, envs_root
 from speedrunner.execution.local import LocalExecutor
+from speedrunner.execution.pool import DevicePool
+from speedrunner.execution.torchrun import TorchrunExecutor, TorchrunSpec
 from speedrunner.llm.cache import ResponseCache
 from speedrunner.llm.factory import build_role_models
 from speedrunner.llm.ledger import Ledger
 from speedrunner.scoring.fsr import fsr_for_run
 from speedrunner.scoring.reeval import reeval_for_run
+from speedrunner.scoring.repro import repro_for_run
 from speedrunner.search.loop import Budget, Progress, SearchRun
 from speedrunner.search.policy import GreedyPolicy
 from speedrunner.tasks.knowledge import format_hints, select_hints
@@ -111,7 +116,24 @@ def load_task_from(cfg: DictConfig) -> Task:
     if task.data:
         data_dir = prepare_data(task.data)
         task = get_task(str(cfg.task.id), cfg.task.get("size"), list(cfg.task_paths), data_dir=data_dir)
+    if cfg.task.get("root_from"):  # a cascade step: v_0 is this folder's code, the rules stay the task's
+        task = with_root(task, Path(str(cfg.task.root_from)))
     return task
+
+
+def with_root(task: Task, folder: Path) -> Task:
+    """The task with its starting code (v_0) taken from ``folder``: every file there, nothing else changes
+    (command, metric, validity conditions, protected, hidden, reference and hints stay the task's)."""
+    import dataclasses
+    import glob
+
+    folder = folder.expanduser().resolve()
+    if not folder.is_dir():
+        raise UserError(f"task.root_from: {folder} is not a folder")
+    # the folder's files by name (escaped), after the task's own globs, which other readers still use
+    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return dataclasses.replace(task, template_dir=folder,
+                               template_include=[*task.template_include, *(glob.escape(n) for n in names)])
 
 
 def build(cfg: DictConfig, run_dir: Path, progress: Progress | None = None,
@@ -149,15 +171,10 @@ def build(cfg: DictConfig, run_dir: Path, progress: Progress | None = None,
         raise UserError(str(e)) from None
     coder_kwargs = _class_kwargs(cfg.coder, loop_keys=("max_retries",))
     ideator_kwargs = _class_kwargs(cfg.ideator)
-    ex = cfg.executor
-    executor = LocalExecutor(timeout_s=ex.get("timeout_s"), threads=int(ex.get("threads", 1)),
-                             max_log_bytes=int(ex.get("max_log_bytes", 64 << 20)),
-                             memory_limit_mb=ex.get("memory_limit_mb"), network=bool(ex.get("network", False)),
-                             cpu_tolerance=float(ex.get("cpu_tolerance", 1.5)),
-                             cpus=list(ex.cpus) if ex.get("cpus") else None, sandbox=str(ex.get("sandbox", "auto")))
+    executor = make_executor(cfg.executor, task, run_dir)
     if int(cfg.budget.max_nodes) < 0:
         raise UserError("budget.max_nodes must be 0 or more")
-    return SearchRun(
+    run = SearchRun(
         run_dir=run_dir, task=task, policy=policy, coder=coder_cls(**coder_kwargs),
         ideator=ideator_cls(**ideator_kwargs),
         models=models, system_prompt=system_prompt(task), executor=executor,
@@ -167,10 +184,97 @@ def build(cfg: DictConfig, run_dir: Path, progress: Progress | None = None,
               "config_hash": config_hash(cfg)},
         hints_text=format_hints(hints), coder_retries=int(cfg.coder.get("max_retries", 2)),
         progress=progress or Progress(),
-        summary_hooks=[reeval_for_run, fsr_for_run],
+        summary_hooks=[reeval_for_run, fsr_for_run, repro_for_run],
         reeval_cfg=OmegaConf.to_container(cfg.reeval, resolve=True) if "reeval" in cfg else {},
         analyst=bool(cfg.get("analyst", {}).get("enabled", False)),
+        pool=DevicePool.from_config(cfg.executor),  # executor.workers/devices/gpus_per_node (parallel search)
     )
+    connect_events(executor, journal_sink(run))
+    return run
+
+
+def make_executor(section: DictConfig | dict[str, Any], task: Task, run_dir: Path | None = None) -> Any:
+    """The executor a config's ``executor`` section and a task ask for, innermost first:
+    ``LocalExecutor`` (executor=local) or ``SlurmExecutor`` (executor=slurm, which runs a LocalExecutor in
+    each job); torchrun around the local one when the task declares ``nproc_per_node``/``nnodes`` (under
+    Slurm, inside the job); the task's own Python environment around everything when its
+    ``requirements`` list pip packages (built on this machine, before any job is submitted)."""
+    ex = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else dict(section)
+    assert isinstance(ex, dict)
+    name = str(ex.get("name", "local"))
+    local = dict(timeout_s=ex.get("timeout_s"), threads=int(ex.get("threads", 1)),
+                 max_log_bytes=int(ex.get("max_log_bytes", 64 << 20)), memory_limit_mb=ex.get("memory_limit_mb"),
+                 network=bool(ex.get("network", False)), cpu_tolerance=float(ex.get("cpu_tolerance", 1.5)),
+                 cpus=list(ex["cpus"]) if ex.get("cpus") else None, sandbox=str(ex.get("sandbox", "auto")))
+    tr = ex.get("torchrun") or {}
+    spec = None
+    if task.distributed:
+        try:
+            spec = TorchrunSpec(nproc_per_node=int(tr.get("nproc_per_node") or task.nproc_per_node or 1),
+                                nnodes=int(tr.get("nnodes") or task.nnodes),
+                                rdzv_backend=str(tr.get("rdzv_backend") or "c10d"), rdzv_endpoint=tr.get("rdzv_endpoint"),
+                                rdzv_port=int(tr.get("rdzv_port") or 29500), rdzv_id=tr.get("rdzv_id"),
+                                node_rank=tr.get("node_rank"), max_restarts=int(tr.get("max_restarts") or 0),
+                                extra_args=list(tr.get("extra_args") or []))
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    executor: Any
+    if name == "slurm":
+        from speedrunner.execution.slurm import SlurmExecutor
+
+        keys = {f.name for f in dataclasses.fields(SlurmExecutor)} - set(local) - {"torchrun", "on_event", "notes"}
+        slurm = {k: v for k, v in ex.items() if k in keys and v is not None}
+        if not slurm.get("folder") and run_dir is not None:
+            slurm["folder"] = str(Path(run_dir).resolve() / "slurm")
+        executor = SlurmExecutor(**local, **slurm, torchrun=spec)
+    elif name == "local":
+        executor = LocalExecutor(**local)
+        if spec is not None:
+            if spec.nnodes > 1 and not spec.rdzv_endpoint:
+                raise UserError(f"task {task.id} runs on {spec.nnodes} nodes: executor=local needs "
+                                "executor.torchrun.rdzv_endpoint=HOST:PORT (and the same launch on every node); "
+                                "executor=slurm finds the nodes itself")
+            executor = TorchrunExecutor(executor, spec)
+    else:
+        raise UserError(f"executor {name!r}: speedrunner knows 'local' and 'slurm'")
+    env_spec = EnvSpec.from_requirements(task.requirements)
+    if env_spec is not None:
+        executor = EnvExecutor(executor, env_spec, envs_root(ex.get("envs_dir")),
+                               build_timeout_s=float(ex.get("env_build_timeout_s") or 1800))
+    return executor
+
+
+def connect_events(executor: Any, sink: Any) -> None:
+    """Give every layer of an executor chain that reports events (``on_event``) the sink."""
+    layer = executor
+    while layer is not None:
+        if dataclasses.is_dataclass(layer) and "on_event" in {f.name for f in dataclasses.fields(layer)}:
+            layer.on_event = sink
+        layer = layer.__dict__.get("inner") if hasattr(layer, "__dict__") else None
+
+
+def journal_sink(run: SearchRun) -> Any:
+    """Executor events (Slurm job ids, requeues, environment builds) as journal events, with the node id
+    when the folder is a node's (``nodes/v_N``) and the folder relative to the run otherwise."""
+
+    def sink(event: str, out_dir: Path | None = None, **fields: Any) -> None:
+        node, where = None, None
+        if out_dir is not None:
+            p = Path(out_dir)
+            m = re.fullmatch(r"v_(\d+)", p.name)
+            if m and p.parent.name == "nodes":
+                node = int(m.group(1))
+            try:
+                where = p.resolve().relative_to(Path(run.run_dir).resolve()).as_posix()
+            except ValueError:
+                where = str(p)
+        write = getattr(run, "_log", None) or run.journal.write  # _log: under the loop's lock (workers)
+        try:
+            write(event, node=node, dir=where, **fields)
+        except ValueError:  # the journal is closed (the run ended)
+            pass
+
+    return sink
 
 
 def _class_kwargs(section: DictConfig, loop_keys: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -186,6 +290,12 @@ def task_fingerprint(task: Task) -> str:
     files. A resume whose task changed since the run started is refused."""
     h = hashlib.sha256()
     fields = {k: v for k, v in vars(task).items() if k not in ("parsers", "conditions", "extra")}
+    # fields added after runs were made count only when set, so those runs keep their task hash
+    for key, default in (("nproc_per_node", None), ("nnodes", 1)):
+        if fields.get(key) == default:
+            fields.pop(key, None)
+    if not (task.requirements or {}).get("pip"):
+        fields.pop("requirements", None)  # informative only (python, torch, ...)
     fields["parsers"] = [(p.pattern.pattern, p.match, p.source) for p in task.parsers]
     fields["conditions"] = [str(c) for c in task.conditions]
     fields["metric"] = task.metric.model_dump()

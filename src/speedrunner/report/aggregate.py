@@ -143,6 +143,9 @@ def run_rows(runs: list[RunRec]) -> list[dict[str, Any]]:
             "tokens_in": s.get("tokens_in", 0), "tokens_out": s.get("tokens_out", 0), "usd": s.get("usd", 0.0),
             "wall_s": s.get("wall_s"),
             "judge_score": _r(_judge_best(r)),
+            "repro_line_recall": _r(_num((r.repro or {}).get("line_recall"))),
+            "repro_line_precision": _r(_num((r.repro or {}).get("line_precision"))),
+            "repro_hunk_recall": _r(_num((r.repro or {}).get("hunk_recall"))),
         })
     return rows
 
@@ -344,6 +347,48 @@ def judge_rows(runs: list[RunRec]) -> list[dict[str, Any]]:
     return rows
 
 
+def repro_rows(runs: list[RunRec]) -> list[dict[str, Any]]:
+    """Reproduction distance (scoring/repro.py) per task and cell, over finished runs that have one: the
+    mean over runs of the best node's line recall, line precision (runs whose best changed something)
+    and hunk recall, and of the run's best line recall over all its nodes; embedding similarities when
+    they were computed."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        if r.finished and r.repro:
+            groups[(r.task, r.model, r.scaffold, r.hints)].append(r.repro)
+    rows = []
+    for (task, model, scaffold, hints), reps in groups.items():
+        def mean_of(key: str, sub: str | None = None, reps: list[dict[str, Any]] = reps) -> float | None:
+            vals = [_num((x.get(sub) or {}).get(key) if sub else x.get(key)) for x in reps]
+            return _r(_mean([v for v in vals if v is not None]))
+
+        rows.append({"task": task, "model": model, "scaffold": scaffold, "hints": hints, "runs": len(reps),
+                     "line_recall": mean_of("line_recall"), "line_precision": mean_of("line_precision"),
+                     "line_f1": mean_of("line_f1"), "hunk_recall": mean_of("hunk_recall"),
+                     "hunk_recall_full": mean_of("hunk_recall_full"),
+                     "max_line_recall": mean_of("max_line_recall"), "max_hunk_recall": mean_of("max_hunk_recall"),
+                     "embed_similarity_current": mean_of("similarity_current", "embedding"),
+                     "embed_similarity_next": mean_of("similarity_next", "embedding")})
+    rows.sort(key=lambda x: (task_sort_key(x["task"]), cell_sort_key(x["model"], x["scaffold"], x["hints"])))
+    return rows
+
+
+def repro_model_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The per-task rows averaged per model (tasks with equal weight)."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[r["model"]].append(r)
+    out = []
+    for model, rs in sorted(groups.items()):
+        def m(key: str, rs: list[dict[str, Any]] = rs) -> float | None:
+            return _r(_mean([x[key] for x in rs if x[key] is not None]))
+
+        out.append({"model": model, "tasks": len({x["task"] for x in rs}), "runs": sum(x["runs"] for x in rs),
+                    "line_recall": m("line_recall"), "line_precision": m("line_precision"),
+                    "hunk_recall": m("hunk_recall"), "max_line_recall": m("max_line_recall")})
+    return out
+
+
 def aggregate(runs: list[RunRec], n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
     return {
         "runs": run_rows(runs),
@@ -353,4 +398,6 @@ def aggregate(runs: list[RunRec], n_boot: int = 2000, seed: int = 0) -> dict[str
         "node_types": node_rows(runs),
         "cost": cost_rows(runs),
         "judge": judge_rows(runs),
+        "repro": (rp := repro_rows(runs)),
+        "repro_by_model": repro_model_rows(rp),
     }

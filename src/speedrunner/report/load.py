@@ -35,6 +35,7 @@ class RunRec:
     summary: dict[str, Any]
     nodes: list[NodeRec] = field(default_factory=list)
     judge: dict[str, Any] | None = None  # judge.json, when the similarity judge was run
+    repro: dict[str, Any] | None = None  # reproduction distance of the best node (scoring/repro.py)
 
     # ---- identity of the run's cell
     @property
@@ -171,7 +172,31 @@ def load_run(run_dir: Path, nodes: bool = True) -> RunRec:
             judge = _read_json(jp)
         except (OSError, ValueError):
             judge = None
-    return RunRec(path=run_dir, summary=summary, nodes=load_nodes(run_dir) if nodes else [], judge=judge)
+    return RunRec(path=run_dir, summary=summary, nodes=load_nodes(run_dir) if nodes else [], judge=judge,
+                  repro=load_repro(run_dir, summary))
+
+
+def load_repro(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's reproduction distance: summary.json's ``repro`` (written at the end of a run), else the
+    best node's ``nodes/v_N/repro.json`` (e.g. written afterwards by ``scoring.repro.repro_for_dir``)."""
+    rep = summary.get("repro")
+    if isinstance(rep, dict):
+        return rep
+    reeval = summary.get("reeval")
+    best = reeval.get("chosen_node") if isinstance(reeval, dict) else summary.get("best_node")
+    if best is None:
+        return None
+    if best == 0:
+        return None if not os.path.isfile(os.path.join(run_dir, "nodes", "v_1", "repro.json")) else {
+            "node": 0, "line_recall": 0.0, "line_precision": None, "hunk_recall": 0.0}
+    path = os.path.join(run_dir, "nodes", f"v_{best}", "repro.json")
+    if not os.path.isfile(path):  # a stat, not an open: runs without it cost nothing more
+        return None
+    try:
+        data = _read_json(path)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def load_runs(paths: Iterable[str | Path], threads: int = 4) -> list[RunRec]:

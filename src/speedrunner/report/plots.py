@@ -202,6 +202,70 @@ def plot_cost(cost_rows: list[dict[str, Any]], cells: list[dict[str, Any]], path
     return _save(fig, path)
 
 
+
+def plot_cascade(doc: dict[str, Any], path: Path) -> Path:
+    """A cascade (cascade.json): the agent's cumulative speedup over the first record after each step,
+    beside the reference ladder timed on the same machine, with the step where the chain broke down."""
+    fig, (ax,) = _figure(7.5, 4.4)
+    first, last = int(doc["first_record"]), int(doc["last_record"])
+    ref = doc.get("reference_ladder") or {}
+    rs = sorted((int(k), v) for k, v in (ref.get("speedup_over_first") or {}).items() if v)
+    if rs:
+        ax.plot([r for r, _ in rs], [v for _, v in rs], "s--", color="#888888", lw=1.2,
+                label=f"reference ladder ({'calibration' if ref.get('source') == 'calibration' else 'measured by the steps'})")
+    xs, ys, labels = [float(first)], [1.0], [f"record {first}"]
+    stop = None
+    for s in doc.get("steps", []):
+        x = float(s["target_record"]) if s["mode"] == "ladder" else float(last + _beyond_index(doc, s))
+        ok = s["best_node"] is not None and s["stopped_because"] in (None, "last_record", "beyond_done")
+        if ok and s.get("speedup_over_first"):
+            xs.append(x)
+            ys.append(float(s["speedup_over_first"]))
+            labels.append(f"step {s['step']}")
+        elif s["stopped_because"]:
+            stop = (x, s)
+    ax.plot(xs, ys, "o-", color="#e45756", lw=1.8, label=f"agent chain ({doc['config'].get('suite')})")
+    if stop is not None and doc.get("broke_down"):
+        x, s = stop
+        tried = s.get("speedup_over_first")
+        y = float(tried) if tried else ys[-1]
+        if tried:  # the step's best attempt, which did not count
+            ax.plot([xs[-1], x], [ys[-1], y], ":", color="#e45756", lw=1.2)
+            ax.scatter([x], [y], s=40, facecolors="none", edgecolors="#e45756", zorder=3)
+        ax.scatter([x], [y], marker="X", s=90, color="black", zorder=4,
+                   label=f"broke down at step {s['step']}: {s['stopped_because']}")
+        ax.annotate(f"step {s['step']}: {s['stopped_because']}", (x, y), textcoords="offset points",
+                    xytext=(-8, 8), ha="right", fontsize=8)
+    claim = doc.get("claim") or {}
+    if claim.get("made"):
+        verdict = "beats" if claim.get("beats_last_record") else "does not significantly beat"
+        p = claim.get("p_faster")
+        ax.annotate(f"{verdict} record {claim.get('last_record')} (p={'-' if p is None else format(p, '.2g')})",
+                    (xs[-1], ys[-1]), textcoords="offset points", xytext=(-40, 10), fontsize=8)
+    if doc.get("beyond"):
+        ax.axvline(last + 0.5, color="#bbbbbb", lw=0.8, ls=":")
+    end = last + int(doc.get("beyond") or 0)
+    ticks = sorted(set(range(first, end + 1)) | {int(x) for x in xs} | ({int(stop[0])} if stop else set()))
+    ax.set_xlim(first - 0.4, max(ticks) + 0.4)
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(t) if t <= last else f"+{t - last}" for t in ticks], fontsize=8)
+    ax.set_xlabel("record reached (+M: steps past the last record)")
+    ax.set_ylabel(f"speedup over record {first} (x)")
+    m = ref.get("size") or "-"
+    ax.set_title(f"cascade {doc.get('suite')} records {first}-{last}, size {m}, machine {ref.get('fingerprint')}",
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.subplots_adjust(left=0.11, right=0.98, top=0.92, bottom=0.12)
+    fig.savefig(Path(path), dpi=DPI)
+    return Path(path)
+
+
+def _beyond_index(doc: dict[str, Any], s: dict[str, Any]) -> int:
+    """1 for the first step past the last record, 2 for the next, ..."""
+    ladder = [t for t in doc.get("planned_steps", []) if t["mode"] == "ladder"]
+    return int(s["step"]) - len(ladder)
+
 PLOTS: dict[str, Callable[[dict[str, Any], Path], Path | None]] = {
     "fsr_cells": lambda d, out: plot_cells(d["cells"], "fsr", out / "fsr_cells.png"),
     "fsr_iqm_by_scaffold": lambda d, out: plot_iqm(d["iqm_by_scaffold"], "fsr", out / "fsr_iqm_by_scaffold.png"),

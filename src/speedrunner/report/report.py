@@ -157,6 +157,24 @@ def render_markdown(data: dict[str, Any], runs: list[RunRec], inputs: list[str],
         L.append(md_table(rows, [("task", "task"), ("model", "model"), ("scaffold", "scaffold"),
                                  ("hints", "hints"), ("runs", "runs"), ("best_node_score", "best node"),
                                  ("max_node_score", "max node"), ("changes_s", "key changes reproduced")]))
+    if data.get("repro"):
+        L.append("## Reproduction distance\n")
+        L.append("Which part of the next record's change a run's best node reproduced (scoring/repro.py): the "
+                 "node's diff and the record's diff against the same starting code, compared line by line "
+                 "after normalisation (comments, blank lines and whitespace ignored; simple renames undone). "
+                 "*recall*: the record's changed lines the node also changed; *precision*: the node's changed "
+                 "lines that are the record's; *hunk recall*: the record's hunks at least half reproduced; "
+                 "*max recall*: the best line recall of any node of the run. Means over runs.\n")
+        L.append(md_table(data["repro"], [
+            ("task", "task"), ("model", "model"), ("scaffold", "scaffold"), ("hints", "hints"), ("runs", "runs"),
+            ("line_recall", "line recall"), ("line_precision", "line precision"), ("hunk_recall", "hunk recall"),
+            ("max_line_recall", "max recall")]
+            + ([("embed_similarity_next", "embedding sim. to next")]
+               if any(r.get("embed_similarity_next") is not None for r in data["repro"]) else [])))
+        L.append("Per model (tasks with equal weight):\n")
+        L.append(md_table(data["repro_by_model"], [
+            ("model", "model"), ("tasks", "tasks"), ("runs", "runs"), ("line_recall", "line recall"),
+            ("line_precision", "line precision"), ("hunk_recall", "hunk recall"), ("max_line_recall", "max recall")]))
     L.append("## Runs\n")
     rows = data["runs"]
     if len(rows) > MAX_RUN_ROWS_MD:
@@ -195,8 +213,8 @@ def write_report(paths: Sequence[str | Path], out: Path, plots: bool = True, n_b
         made = workers.run(data, out) if plots else []
     finally:
         workers.close()
-    for name in ("runs", "per_task", "cells", "iqm_by_scaffold", "node_types", "cost", "judge"):
-        if name != "judge" or data[name]:
+    for name in ("runs", "per_task", "cells", "iqm_by_scaffold", "node_types", "cost", "judge", "repro"):
+        if name not in ("judge", "repro") or data[name]:
             write_csv(out / f"{name}.csv", data[name])
     inputs = [str(p) for p in paths]
     doc = {"schema": 1, "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "inputs": inputs,

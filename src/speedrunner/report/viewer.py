@@ -153,6 +153,15 @@ def layout(nodes: list[dict[str, Any]]) -> tuple[int, int]:
     return MARGIN * 2 + max(0, next_x[0] - 1) * X_GAP, MARGIN * 2 + depth_max[0] * Y_GAP
 
 
+def _repro(path: Path) -> dict[str, Any] | None:
+    """The node's reproduction distance (scoring/repro.py), the fields the page shows."""
+    r = _read_json(path)
+    if not isinstance(r, dict):
+        return None
+    return {k: r.get(k) for k in ("line_recall", "line_precision", "hunk_recall", "hunks_reproduced", "ref_hunks",
+                                  "common_lines", "ref_lines", "agent_lines", "renames", "embedding")}
+
+
 def collect(run_dir: Path) -> dict[str, Any]:
     """Everything the page shows, as one JSON-able dict."""
     run_dir = Path(run_dir)
@@ -183,6 +192,7 @@ def collect(run_dir: Path) -> dict[str, Any]:
             "stdout": log_tail(d / "stdout.log"), "stderr": log_tail(d / "stderr.log"),
             "reply": _last_reply(d / "transcript.json"),
             "cost": costs.get(nid),
+            "repro": _repro(d / "repro.json"),
         })
     if not nodes:
         raise UserError(f"{run_dir}: the run has no nodes yet")
@@ -511,6 +521,18 @@ _JS = r"""
         ["val loss", isNum(rv.val_loss) ? num(rv.val_loss) : undefined], ["test loss", isNum(rv.test_loss) ? num(rv.test_loss) : undefined],
         ["mismatch", rv.mismatch === undefined || rv.mismatch === null ? undefined : (typeof rv.mismatch === "object" ? JSON.stringify(rv.mismatch) : String(rv.mismatch))],
         ["reasons", Array.isArray(rv.reasons) && rv.reasons.length ? rv.reasons.join("\n") : undefined]]));
+    }
+
+    const rp = n.repro;
+    if (rp) {
+      section(panel, "Reproduction of the next record's change");
+      const pct = v => isNum(v) ? (100 * v).toFixed(0) + " %" : "-";
+      const ren = rp.renames && typeof rp.renames === "object" ? Object.keys(rp.renames).map(k => k + " -> " + rp.renames[k]).join(", ") : "";
+      const emb = rp.embedding && typeof rp.embedding === "object" ? (isNum(rp.embedding.similarity_next) ? "similarity to next " + num(rp.embedding.similarity_next) + ", to current " + num(rp.embedding.similarity_current) : rp.embedding.skipped) : undefined;
+      panel.appendChild(kv([["line recall", pct(rp.line_recall) + " (" + rp.common_lines + " of " + rp.ref_lines + " changed lines)"],
+        ["line precision", pct(rp.line_precision) + " (of " + rp.agent_lines + " changed lines)"],
+        ["hunk recall", pct(rp.hunk_recall) + " (" + rp.hunks_reproduced + " of " + rp.ref_hunks + " hunks)"],
+        ["renames undone", ren || undefined], ["embedding", emb || undefined]].filter(r => r[1] !== undefined)));
     }
 
     if (n.hypothesis || n.summary || n.coder_error) {
