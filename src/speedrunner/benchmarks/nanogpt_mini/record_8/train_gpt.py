@@ -19,7 +19,7 @@ print("=" * 100)
 # full = the benchmark; demo = an easier target, about a minute; smoke = seconds, for tests.
 
 SIZES = {
-    "full": dict(steps=23, batch_size=16, val_tokens=57344, val_every=0),
+    "full": dict(steps=24, batch_size=16, val_tokens=57344, val_every=0),
     "demo": dict(steps=6, batch_size=16, val_tokens=57344, val_every=0),
     "smoke": dict(steps=10, batch_size=4, val_tokens=8192, val_every=0),
 }
