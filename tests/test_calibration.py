@@ -4,11 +4,14 @@ smoke size (its file, table and plot)."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace as NS
 
 import pytest
 
 from speedrunner.cli import main
-from speedrunner.scoring.calibration import find_calibration, summarize
+from speedrunner.scoring.calibration import calibration_path, find_calibration, record_digest, summarize
+from speedrunner.scoring.fsr import fsr_for_run
+from speedrunner.tasks.registry import get_task
 
 
 def rec(times, losses, valid=None):
@@ -44,6 +47,7 @@ def test_ladder_time_writes_a_calibration_that_fsr_finds(tmp_path, monkeypatch, 
         r = cal["records"][key]
         assert r["n"] == 2 and r["mean_ms"] > 0 and all(r["valid"]) and r["reaches_target"]
         assert all(loss < cal["target_val_loss"] for loss in r["val_loss"])
+        assert r["script_sha256"] == record_digest("nanogpt_mini", int(key), ["train_gpt.py"])
     out = capsys.readouterr().out
     assert "run 2/2 record 2" in out and "| 2 |" in out and "calibration written to" in out
     assert main(["ladder", "plot", "--size", "smoke", "--out", str(tmp_path / "l.png")]) == 0
@@ -51,3 +55,38 @@ def test_ladder_time_writes_a_calibration_that_fsr_finds(tmp_path, monkeypatch, 
     assert main(["ladder", "table", "--size", "smoke", "--threads", "2"]) == 2  # no calibration for 2 threads
     assert "no calibration at" in capsys.readouterr().err
     json.dumps(cal)  # plain JSON
+
+
+def test_fsr_uses_a_calibration_only_for_the_scripts_it_timed(tmp_path, monkeypatch):
+    """A calibration names the SHA-256 of each record's script; when record R or R+1 has changed since,
+    FSR does not take its times (it measures on the fly, or says why it cannot)."""
+    monkeypatch.setenv("SPEEDRUNNER_CACHE", str(tmp_path / "cache"))
+    task = get_task("nanogpt_mini/record_1", "smoke")
+    digests = {r: record_digest("nanogpt_mini", r, task.template_include) for r in (1, 2)}
+    assert digests[1] != digests[2] and len(digests[1]) == 64
+
+    def calibrate(**record_2):
+        path = calibration_path("nanogpt_mini", "smoke", 1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        recs = {"1": {"mean_ms": 3000.0, "script_sha256": digests[1]}, "2": {"mean_ms": 2000.0, **record_2}}
+        path.write_text(json.dumps({"schema": 1, "suite": "nanogpt_mini", "size": "smoke", "records": recs}))
+
+    def fsr(name):
+        agent = NS(id=1, outcome=NS(metric=2500.0, valid=True))
+        root = NS(id=0, outcome=NS(metric=3100.0, valid=False))  # no on-the-fly fallback in this test
+        (tmp_path / name).mkdir()
+        return fsr_for_run(NS(task=task, best_node=lambda: agent, extra_summary={}, run_dir=str(tmp_path / name),
+                              executor=NS(threads=1), tree={0: root, 1: agent}, journal=None))
+
+    calibrate(script_sha256=digests[2])
+    out = fsr("verified")
+    assert out["fsr_source"] == "calibration" and out["scripts_verified"] is True
+    assert (out["t_R"], out["t_next"], out["fsr"]) == (3000.0, 2000.0, 0.5)
+
+    calibrate(script_sha256="0" * 64)  # record 2 was edited after it was timed
+    out = fsr("stale")
+    assert out["fsr"] is None and "another version of record(s) [2]" in out["fsr_note"]
+
+    calibrate()  # a file from before digests: used, and marked unverified
+    out = fsr("legacy")
+    assert out["fsr"] == 0.5 and out["scripts_verified"] is False

@@ -3,6 +3,8 @@
 The file is keyed by a machine fingerprint (CPU model, logical cores, threads, torch and Python
 versions), so FSR is always computed from times measured on the machine the run is on. Records run
 in interleaved rounds (1, 2, ..., N, then again) so that slow drift of the machine spreads evenly.
+Each record's entry carries the SHA-256 of the script files that were timed (``script_sha256``): FSR
+does not use a calibration whose record R or R+1 has changed since (see ``stale_records``).
 """
 
 from __future__ import annotations
@@ -93,6 +95,28 @@ def record_template(suite: str, record: int) -> Path:
         if (d / "train_gpt.py").is_file():
             return d
     raise UserError(f"{base}: no train_gpt.py for record {record} of {suite}")
+
+
+def record_digest(suite: str, record: int, include: list[str]) -> str:
+    """SHA-256 over the record's template files that a run gets (``template_include``): names and bytes."""
+    base = record_template(suite, record)
+    h = hashlib.sha256()
+    for p in sorted(base.rglob("*")):
+        rel = p.relative_to(base).as_posix()
+        if p.is_file() and "__pycache__" not in p.parts and matches(rel, include):
+            h.update(rel.encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def stale_records(cal: dict[str, Any], suite: str, records: list[int], include: list[str]) -> list[int]:
+    """The records among ``records`` whose scripts differ from the ones the calibration timed. A record
+    whose entry has no ``script_sha256`` (a file written before digests existed) is not called stale."""
+    out = []
+    for r in records:
+        want = cal.get("records", {}).get(str(r), {}).get("script_sha256")
+        if want is not None and want != record_digest(suite, r, include):
+            out.append(r)
+    return out
 
 
 def parse_records(spec: str, available: list[int]) -> list[int]:
@@ -205,6 +229,7 @@ def time_ladder(suite: str, records: list[int], runs: int, size: str | None, thr
         "target_val_loss": target, "metric": task.metric.name, "cpus": cpus,
         "records": {str(r): {"name": names.get(r, {}).get("name", f"record_{r}"),
                              "innovation": names.get(r, {}).get("innovation", ""),
+                             "script_sha256": record_digest(suite, r, task.template_include),
                              "train_time_ms": [], "val_loss": [], "valid": [], "reasons": []} for r in records},
     }
     for k in range(runs):
@@ -219,6 +244,10 @@ def time_ladder(suite: str, records: list[int], runs: int, size: str | None, thr
             rec["reasons"].append(res.get("reason", ""))
             progress(f"run {k + 1}/{runs} record {r}: {task.metric.name}={res.get(task.metric.name)} "
                      f"val_loss={res.get('val_loss')} {res.get('status')} ({time.time() - t0:.0f} s wall)")
+    for r in stale_records(result, suite, records, task.template_include):  # edited while being timed
+        result["records"][str(r)]["script_sha256"] = None
+        result["records"][str(r)]["script_changed_during_timing"] = True
+        progress(f"warning: record {r}'s script changed while the ladder was being timed; time it again")
     summarize(result["records"], target)
     return result
 

@@ -30,7 +30,8 @@ def fsr_for_run(run) -> dict[str, Any] | None:
     task = run.task
     if task.suite is None or task.record is None or task.metric.kind != "time":
         return None
-    from speedrunner.scoring.calibration import find_calibration, run_record_once
+    from speedrunner.core.errors import UserError
+    from speedrunner.scoring.calibration import find_calibration, run_record_once, stale_records
 
     best = run.best_node()
     reeval = run.extra_summary.get("reeval")
@@ -44,25 +45,42 @@ def fsr_for_run(run) -> dict[str, Any] | None:
     else:
         ref = None
         cal = find_calibration(task.suite, task.size, threads=run.executor.threads)
+        stale_note = None
+        if cal is not None:
+            try:
+                stale = stale_records(cal, task.suite, [task.record, task.record + 1], task.template_include)
+            except UserError:  # a suite that is not a built-in ladder: nothing to compare against
+                stale = []
+            if stale:
+                stale_note = (f"calibration {cal.get('_path')} timed another version of record(s) {stale}; "
+                              "measured on the fly instead (run 'speedrunner ladder time' again)")
+                cal = None
         if cal is not None:
             recs = cal.get("records", {})
             r, n = recs.get(str(task.record)), recs.get(str(task.record + 1))
             if r and n:
                 ref = {"source": "calibration", "file": cal.get("_path"), "t_R": r["mean_ms"], "t_next": n["mean_ms"],
-                       "fingerprint": cal.get("fingerprint")}
+                       "fingerprint": cal.get("fingerprint"),
+                       "scripts_verified": bool(r.get("script_sha256") and n.get("script_sha256"))}
         if ref is None:
             root = run.tree.get(0)
             if root is None or root.outcome is None or not root.outcome.valid or task.reference_dir is None:
-                return {"fsr": None, "fsr_note": "no calibration, and the baseline or the next record cannot be run"}
+                return {"fsr": None, "fsr_note": (stale_note or "no calibration")
+                        + ", and the baseline or the next record cannot be run"}
             res = run_record_once(task, task.reference_dir, Path(run.run_dir) / "reference", run.executor)
             ref = {"source": "on_the_fly", "t_R": root.outcome.metric, "t_next": res.get(task.metric.name),
                    "next_valid": res.get("valid"), "next_reason": res.get("reason")}
+            if stale_note:
+                ref["calibration_note"] = stale_note
             run.journal.write("reference_run", record=task.record + 1, **{k: v for k, v in res.items()})
         atomic_write_json(cache, ref)
     # trusted times: the node chosen by re-evaluation, its mean over the re-runs
     t_agent = reeval["nodes"][str(best.id)]["metric_mean"] if reeval is not None else best.outcome.metric
     out: dict[str, Any] = {"t_R": ref.get("t_R"), "t_next": ref.get("t_next"), "t_agent": t_agent,
                            "fsr_source": ref["source"], "t_agent_source": "reeval" if reeval is not None else "search"}
+    for key in ("calibration_note", "scripts_verified"):
+        if key in ref:
+            out[key] = ref[key]
     if out["t_R"] is None or out["t_next"] is None:
         out["fsr"] = None
         out["fsr_note"] = f"record {task.record + 1} did not give a valid time: {ref.get('next_reason')}"
