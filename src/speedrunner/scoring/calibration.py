@@ -97,14 +97,21 @@ def record_template(suite: str, record: int) -> Path:
     raise UserError(f"{base}: no train_gpt.py for record {record} of {suite}")
 
 
-def record_digest(suite: str, record: int, include: list[str]) -> str:
-    """SHA-256 over the record's template files that a run gets (``template_include``): names and bytes."""
-    base = record_template(suite, record)
-    h = hashlib.sha256()
-    for p in sorted(base.rglob("*")):
-        rel = p.relative_to(base).as_posix()
+def template_files(template: Path, include: list[str]) -> list[tuple[str, Path]]:
+    """The files of a record's template that a run gets (``template_include``), as (relative path, path)."""
+    out = []
+    for p in sorted(template.rglob("*")):
+        rel = p.relative_to(template).as_posix()
         if p.is_file() and "__pycache__" not in p.parts and matches(rel, include):
-            h.update(rel.encode() + b"\0" + p.read_bytes() + b"\0")
+            out.append((rel, p))
+    return out
+
+
+def record_digest(suite: str, record: int, include: list[str]) -> str:
+    """SHA-256 over the record's template files that a run gets: names and bytes."""
+    h = hashlib.sha256()
+    for rel, p in template_files(record_template(suite, record), include):
+        h.update(rel.encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()
 
 
@@ -152,11 +159,9 @@ def run_record_once(task: Task, template: Path, work: Path, executor: LocalExecu
     shutil.rmtree(work, ignore_errors=True)
     ws = work / "workspace"
     ws.mkdir(parents=True)
-    for p in sorted(template.rglob("*")):
-        rel = p.relative_to(template).as_posix()
-        if p.is_file() and "__pycache__" not in p.parts and matches(rel, task.template_include):
-            (ws / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(p, ws / rel)
+    for rel, p in template_files(template, task.template_include):
+        (ws / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(p, ws / rel)
     ex = executor.run(task.command, cwd=ws, out_dir=work, timeout_s=task.timeout_s,
                       env={**task.env, **(extra_env or {})}, hidden=[Path(h) for h in task.hidden])
     out = score(task, ex)
