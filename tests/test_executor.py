@@ -36,29 +36,50 @@ def alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def wait_gone(pid: int, within_s: float = 3.0) -> bool:
+def pids_with_arg(token: str) -> list[int]:
+    """Live processes whose command line carries ``token``. The node may run in its own PID namespace,
+    where the pid it sees for its child is not the pid this test sees, so processes are found by a
+    marker on their command line instead."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if token.encode() in argv and alive(int(d.name)):
+            found.append(int(d.name))
+    return found
+
+
+def wait_gone(token: str, within_s: float = 3.0) -> bool:
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
-        if not alive(pid):
+        if not pids_with_arg(token):
             return True
         time.sleep(0.02)
-    return not alive(pid)
+    return not pids_with_arg(token)
 
 
-def kill_if_alive(pid: int) -> None:
-    if alive(pid):
+def kill_if_alive(token: str) -> None:
+    for pid in pids_with_arg(token):
         try:
             os.kill(pid, 9)
         except ProcessLookupError:
             pass
 
 
-SPAWN_GRANDCHILD = """\
-import subprocess, sys, time
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-open("grandchild.pid", "w").write(str(child.pid))
-print("spawned", child.pid, flush=True)
-"""
+def sleeper_token() -> str:
+    return f"speedrunner-test-sleeper-{os.getpid()}-{time.monotonic_ns()}"
+
+
+def spawn_grandchild(token: str) -> str:
+    """A node body that starts a 60 s sleeper marked with ``token`` and records that it started."""
+    return ("import subprocess, sys, time\n"
+            f"child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', {token!r}])\n"
+            "open('grandchild.pid', 'w').write(str(child.pid))\n"
+            "print('spawned', child.pid, flush=True)\n")
 
 
 def test_exit_code_and_logs_are_captured(tmp_path):
@@ -87,20 +108,21 @@ def test_runs_in_the_given_folder(tmp_path):
 
 
 def test_hanging_script_and_its_children_are_killed_at_the_timeout(tmp_path):
-    body = SPAWN_GRANDCHILD + "time.sleep(60)\n"
+    token = sleeper_token()
+    body = spawn_grandchild(token) + "time.sleep(60)\n"
     t0 = time.monotonic()
     res, out = run(tmp_path, body, timeout_s=1.0)
     took = time.monotonic() - t0
-    pid = int((tmp_path / "grandchild.pid").read_text())
+    assert (tmp_path / "grandchild.pid").is_file(), "the node never started its child"
     try:
         assert res.timed_out
         assert res.killed_reason and "timed out" in res.killed_reason
         assert res.exit_code != 0
         assert 0.9 <= res.wall_s < 4
         assert took < 5
-        assert wait_gone(pid), f"grandchild {pid} outlived its node"
+        assert wait_gone(token), f"the grandchild {pids_with_arg(token)} outlived its node"
     finally:
-        kill_if_alive(pid)
+        kill_if_alive(token)
 
 
 def test_script_that_ignores_sigterm_is_killed(tmp_path):
@@ -113,13 +135,14 @@ def test_script_that_ignores_sigterm_is_killed(tmp_path):
 
 def test_children_left_behind_by_a_finished_script_are_killed(tmp_path):
     """A script that exits 0 but leaves a background process: nothing a node starts outlives it."""
-    res, out = run(tmp_path, SPAWN_GRANDCHILD)
-    pid = int((tmp_path / "grandchild.pid").read_text())
+    token = sleeper_token()
+    res, out = run(tmp_path, spawn_grandchild(token))
+    assert (tmp_path / "grandchild.pid").is_file(), "the node never started its child"
     try:
         assert res.exit_code == 0 and not res.timed_out
-        assert wait_gone(pid), f"grandchild {pid} outlived its node"
+        assert wait_gone(token), f"the grandchild {pids_with_arg(token)} outlived its node"
     finally:
-        kill_if_alive(pid)
+        kill_if_alive(token)
 
 
 def test_script_that_floods_output_is_killed_at_max_log_bytes(tmp_path):
