@@ -199,6 +199,33 @@ def test_oracle_finds_the_faster_solution(tmp_path):
     assert "lengths = [0] * limit" in (run_dir / "nodes" / "v_1" / "workspace" / "solve.py").read_text()
 
 
+@pytest.mark.parametrize("reuse", [True, False])
+def test_identical_drafts_reuse_the_first_result_instead_of_running_again(tmp_path, reuse):
+    """AIDE's three drafts from the oracle are the same code: with reuse_identical (the default) only the
+    first runs; the others take its result and say so. Turned off, every draft runs."""
+    import json
+
+    run_dir = tmp_path / "oracle_aide"
+    cfg = compose(["task=collatz", "model=oracle", "scaffold=aide", "budget.max_nodes=3", f"run_dir={run_dir}",
+                   f"reuse_identical={str(reuse).lower()}", "reeval.runs=0"])
+    build(cfg, run_dir).run()
+    events = [json.loads(line) for line in (run_dir / "journal.jsonl").read_text().splitlines()]
+    ran = sorted(e["node"] for e in events if e["event"] == "exec_started")
+    results = {i: json.loads((run_dir / "nodes" / f"v_{i}" / "result.json").read_text()) for i in (1, 2, 3)}
+    assert all(r["status"] == "valid" for r in results.values())
+    if reuse:
+        assert ran == [0, 1]
+        assert results[1]["duplicate_of"] is None
+        for i in (2, 3):
+            assert results[i]["duplicate_of"] == 1 and results[i]["metric"] == results[1]["metric"]
+            assert (run_dir / "nodes" / f"v_{i}" / "stdout.log").read_text() == \
+                (run_dir / "nodes" / "v_1" / "stdout.log").read_text()
+        skipped = [(e["node"], e["duplicate_of"]) for e in events if e["event"] == "exec_skipped"]
+        assert skipped == [(2, 1), (3, 1)]
+    else:
+        assert ran == [0, 1, 2, 3] and all(r["duplicate_of"] is None for r in results.values())
+
+
 def test_null_model_changes_nothing(tmp_path):
     run_dir = tmp_path / "null"
     cfg = compose(["task=collatz", "model=null", "scaffold=aide", "budget.max_nodes=5", f"run_dir={run_dir}"])

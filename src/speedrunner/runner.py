@@ -187,6 +187,7 @@ def build(cfg: DictConfig, run_dir: Path, progress: Progress | None = None,
         summary_hooks=[reeval_for_run, fsr_for_run, repro_for_run],
         reeval_cfg=OmegaConf.to_container(cfg.reeval, resolve=True) if "reeval" in cfg else {},
         analyst=bool(cfg.get("analyst", {}).get("enabled", False)),
+        reuse_identical=bool(cfg.get("reuse_identical", True)),
         pool=DevicePool.from_config(cfg.executor),  # executor.workers/devices/gpus_per_node (parallel search)
     )
     connect_events(executor, journal_sink(run))

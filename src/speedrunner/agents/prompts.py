@@ -89,6 +89,8 @@ def describe(node: Node, task: Task) -> str:
         state = f"{o.status.value}: {first}"
         if o.metric is not None:
             state += f" ({task.metric.name} = {fmt_value(o.metric)})"
+    if o is not None and o.duplicate_of is not None:
+        state += f" (the same code as v_{o.duplicate_of}: not run again)"
     idea = f" Idea: {node.summary}" if node.summary else ""
     analysis = f" Analysis: {o.analysis.strip()[:300]}" if o is not None and o.analysis.strip() else ""
     return f"- {node.name} ({origin}): {state}.{idea}{analysis}"

@@ -96,6 +96,8 @@ class Outcome:
     # Worth a human's look, but not invalidating (e.g. "reads the held-out test split").
     flags: list[str] = field(default_factory=list)
     analysis: str = ""  # the analyst model's reading of the result, when the analyst step is on
+    # The node's code was byte-identical to this earlier node's, so it was not run again: its result is reused.
+    duplicate_of: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

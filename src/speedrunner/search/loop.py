@@ -23,6 +23,7 @@ import copy
 import fcntl
 import json
 import queue
+import shutil
 import threading
 import time
 from collections import deque
@@ -118,6 +119,8 @@ class SearchRun:
     # Workers and devices (executor.workers, executor.devices, ...): how many nodes are in flight at once and
     # which devices each running node gets. None: one worker, no device management.
     pool: DevicePool | None = None
+    # A node whose code is byte-identical to an earlier node's takes that node's result instead of running again.
+    reuse_identical: bool = True
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
@@ -510,8 +513,34 @@ class SearchRun:
         if error is not None:
             outcome = Outcome(status=Status.BUGGY, valid=False, reason=error)
             self._finish(node, outcome)
+        elif (twin := self._twin(node)) is not None:
+            self._reuse(node, twin)
         else:
             self._execute(node, job)
+
+    def _twin(self, node: Node) -> Node | None:
+        """The earliest finished node that ran exactly this code (byte-identical editable files), if any."""
+        if not self.reuse_identical:
+            return None
+        with self._lock:
+            ran = sorted((n for n in self.tree.values() if n.id != node.id and n.outcome is not None
+                          and n.outcome.exit_code is not None and n.outcome.duplicate_of is None),
+                         key=lambda n: n.id)
+        mine = self.store.read_text_files(node, self.task.editable)
+        return next((n for n in ran if self.store.read_text_files(n, self.task.editable) == mine), None)
+
+    def _reuse(self, node: Node, twin: Node) -> None:
+        """Give ``node`` the result of ``twin``, which ran the same code: another run of identical code is
+        compute spent on a second sample of the noise, and the best of several samples of one program would
+        flatter it (the final figure comes from the harness's re-evaluation in any case)."""
+        ndir, src = self.store.path(node.id), self.store.path(twin.id)
+        for name in ("stdout.log", "stderr.log"):  # the logs of that code, for the viewer and the next prompts
+            if (src / name).is_file():
+                shutil.copyfile(src / name, ndir / name)
+        outcome = Outcome.from_json(twin.outcome.to_json())
+        outcome.duplicate_of, outcome.analysis = twin.id, ""
+        self._log("exec_skipped", node=node.id, duplicate_of=twin.id)
+        self._finish(node, outcome)
 
     def _code(self, job: _Job, op: Operator, parent: Node, files: dict[str, str], hist: str,
               idea_text: str) -> tuple[EditResult | None, str | None]:
