@@ -1,4 +1,6 @@
 import copy
+import ctypes
+import ctypes.util
 import os
 import sys
 import time
@@ -7,6 +9,20 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+def keep_freed_memory():
+    """glibc: serve large blocks from the heap and never hand freed memory back to the OS, so every step
+    reuses the previous step's buffers instead of mapping (and page-faulting) fresh ones."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-4, 0)  # M_MMAP_MAX = 0: no mmap for large blocks
+        libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD (a C int): keep up to 2 GiB of free heap mapped
+    except (OSError, AttributeError):
+        pass  # not glibc (macOS, musl): left as it is
+
+
+keep_freed_memory()
 
 with open(__file__) as f:
     code = f.read()  # the log starts with this file's source, so a log is self-describing
@@ -37,7 +53,7 @@ class Hyperparameters:
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
-    no_attn_layer: int = 3  # the last block has no attention (MLP only): a quarter of the attention saved
+    no_attn_layers: tuple = (0, 3)  # the first and last blocks keep only their MLP: half the attention saved
     embed_lr: float = 0.06  # Adam, for the input embedding (free now that it is not the head)
     head_lr: float = 0.02  # AdamW, for the output head: tuned (5.5x the shared rate it had inherited)
     weight_decay: float = 0.1
@@ -129,7 +145,8 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_q(x), self.c_k(x), self.c_v(x)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         q, k = self.rotary(norm(q)), self.rotary(norm(k))  # QK-norm
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        with torch.autocast("cpu", enabled=False):  # this CPU attention kernel is faster in fp32 than bf16
+            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
         return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
 
@@ -156,12 +173,12 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, vocab_size, seq_len, n_layer, n_head, dim, bigram_buckets, no_attn_layer):
+    def __init__(self, vocab_size, seq_len, n_layer, n_head, dim, bigram_buckets, no_attn_layers):
         super().__init__()
         self.wte = nn.Embedding(vocab_size, dim)
         self.bigram = nn.Embedding(bigram_buckets, dim)  # hashed bigram embedding, starts at zero
         self.blocks = nn.ModuleList(
-            [Block(dim, n_head, seq_len, attn=i != no_attn_layer) for i in range(n_layer)]
+            [Block(dim, n_head, seq_len, attn=i not in no_attn_layers) for i in range(n_layer)]
         )
         self.lm_head = nn.Linear(dim, vocab_size, bias=False)  # untied
         for name, p in self.named_parameters():
@@ -184,7 +201,7 @@ class GPT(nn.Module):
 
 model = GPT(
     args.vocab_size, args.seq_len, args.n_layer, args.n_head, args.n_embd, args.bigram_buckets,
-    args.no_attn_layer,
+    args.no_attn_layers,
 )
 
 # -----------------------------------------------------------------------------
@@ -192,17 +209,14 @@ model = GPT(
 
 
 def orthogonalize(G, steps=5):
-    """Approximately replace G by U V^T (its nearest semi-orthogonal matrix) with a quintic
-    Newton-Schulz iteration whose coefficients push all singular values towards 1 quickly."""
+    """Approximately replace each matrix of the batch G [n, rows, cols] (rows <= cols) by U V^T with a
+    quintic Newton-Schulz iteration; one batched matmul per step for all matrices of a shape."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    X = G / (G.norm() + 1e-7)
-    tall = X.size(0) > X.size(1)
-    if tall:
-        X = X.T
+    X = G / (G.norm(dim=(1, 2), keepdim=True) + 1e-7)
     for _ in range(steps):
-        A = X @ X.T
+        A = X @ X.mT
         X = a * X + (b * A + c * A @ A) @ X
-    return X.T if tall else X
+    return X
 
 
 class Muon(torch.optim.Optimizer):
@@ -212,6 +226,7 @@ class Muon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
+            by_shape = {}  # tall matrices are orthogonalized transposed, next to the wide ones of that shape
             for p in group["params"]:
                 state = self.state[p]
                 if "momentum_buffer" not in state:
@@ -219,8 +234,12 @@ class Muon(torch.optim.Optimizer):
                 buf = state["momentum_buffer"]
                 buf.mul_(group["momentum"]).add_(p.grad)
                 g = p.grad.add(buf, alpha=group["momentum"])  # Nesterov
-                g = orthogonalize(g, group["ns_steps"])
-                p.add_(g, alpha=-group["lr"] * max(1.0, p.size(0) / p.size(1)) ** 0.5)
+                tall = p.size(0) > p.size(1)
+                by_shape.setdefault(tuple(sorted(p.shape)), []).append((p, g.T if tall else g, tall))
+            for items in by_shape.values():
+                out = orthogonalize(torch.stack([g for _, g, _ in items]), group["ns_steps"])
+                for (p, _, tall), o in zip(items, out, strict=True):
+                    p.add_(o.T if tall else o, alpha=-group["lr"] * max(1.0, p.size(0) / p.size(1)) ** 0.5)
 
 
 hidden = [p for p in model.blocks.parameters() if p.dim() == 2]
@@ -252,7 +271,8 @@ def lr_multiplier(step):
 
 def train_step(step, stream):
     x, y = stream.next_batch(size["batch_size"], args.seq_len)
-    loss = model(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # matmuls in bfloat16; weights and loss stay fp32
+        loss = model(x, y)
     loss.backward()
     for opt in optimizers:
         for group in opt.param_groups:

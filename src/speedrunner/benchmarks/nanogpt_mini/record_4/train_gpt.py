@@ -19,8 +19,8 @@ print("=" * 100)
 # full = the benchmark; demo = an easier target, about a minute; smoke = seconds, for tests.
 
 SIZES = {
-    "full": dict(steps=74, batch_size=16, val_tokens=57344, val_every=0),
-    "demo": dict(steps=14, batch_size=16, val_tokens=57344, val_every=0),
+    "full": dict(steps=52, batch_size=16, val_tokens=57344, val_every=0),
+    "demo": dict(steps=13, batch_size=16, val_tokens=57344, val_every=0),
     "smoke": dict(steps=10, batch_size=4, val_tokens=8192, val_every=0),
 }
 
@@ -36,7 +36,8 @@ class Hyperparameters:
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
-    lr: float = 3.6e-3  # AdamW, for the embedding (= head)
+    embed_lr: float = 0.06  # Adam, for the input embedding (free now that it is not the head)
+    head_lr: float = 3.6e-3  # AdamW, for the output head
     weight_decay: float = 0.1
     muon_lr: float = 0.02  # Muon, for the matrices inside the blocks
     muon_momentum: float = 0.95
@@ -156,16 +157,15 @@ class GPT(nn.Module):
         super().__init__()
         self.wte = nn.Embedding(vocab_size, dim)
         self.blocks = nn.ModuleList([Block(dim, n_head, seq_len) for _ in range(n_layer)])
-        self.lm_head = nn.Linear(dim, vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # tied
+        self.lm_head = nn.Linear(dim, vocab_size, bias=False)  # untied
         for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
+            if name.endswith("c_proj.weight") or name == "lm_head.weight":
                 nn.init.zeros_(p)  # every block starts as the identity
             elif p.dim() == 2:
                 nn.init.normal_(p, mean=0.0, std=0.02)
 
     def forward(self, idx, targets):
-        x = self.wte(idx)
+        x = norm(self.wte(idx))
         for block in self.blocks:
             x = block(x)
         logits = self.lm_head(norm(x))
@@ -213,9 +213,13 @@ class Muon(torch.optim.Optimizer):
 
 
 hidden = [p for p in model.blocks.parameters() if p.dim() == 2]
-others = [p for p in model.parameters() if all(p is not h for h in hidden)]
 optimizer = torch.optim.AdamW(
-    [dict(params=others, weight_decay=args.weight_decay)], lr=args.lr, betas=(0.9, 0.95), eps=1e-8
+    [
+        dict(params=[model.wte.weight], lr=args.embed_lr, weight_decay=0.0),
+        dict(params=[model.lm_head.weight], lr=args.head_lr, weight_decay=args.weight_decay),
+    ],
+    betas=(0.9, 0.95),
+    eps=1e-8,
 )
 muon = Muon(hidden, lr=args.muon_lr, momentum=args.muon_momentum)
 optimizers = [optimizer, muon]

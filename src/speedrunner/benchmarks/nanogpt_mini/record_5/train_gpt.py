@@ -19,8 +19,8 @@ print("=" * 100)
 # full = the benchmark; demo = an easier target, about a minute; smoke = seconds, for tests.
 
 SIZES = {
-    "full": dict(steps=52, batch_size=16, val_tokens=57344, val_every=0),
-    "demo": dict(steps=13, batch_size=16, val_tokens=57344, val_every=0),
+    "full": dict(steps=44, batch_size=16, val_tokens=57344, val_every=0),
+    "demo": dict(steps=14, batch_size=16, val_tokens=57344, val_every=0),
     "smoke": dict(steps=10, batch_size=4, val_tokens=8192, val_every=0),
 }
 
@@ -33,6 +33,7 @@ class Hyperparameters:
     seed: int = int(os.environ.get("SPEEDRUNNER_SEED", "1337"))
     vocab_size: int = 2048
     seq_len: int = 256
+    bigram_buckets: int = 8192  # hashed (previous token, token) embedding table
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
@@ -153,19 +154,22 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, vocab_size, seq_len, n_layer, n_head, dim):
+    def __init__(self, vocab_size, seq_len, n_layer, n_head, dim, bigram_buckets):
         super().__init__()
         self.wte = nn.Embedding(vocab_size, dim)
+        self.bigram = nn.Embedding(bigram_buckets, dim)  # hashed bigram embedding, starts at zero
         self.blocks = nn.ModuleList([Block(dim, n_head, seq_len) for _ in range(n_layer)])
         self.lm_head = nn.Linear(dim, vocab_size, bias=False)  # untied
         for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight") or name == "lm_head.weight":
+            if name.endswith("c_proj.weight") or name in ("lm_head.weight", "bigram.weight"):
                 nn.init.zeros_(p)  # every block starts as the identity
             elif p.dim() == 2:
                 nn.init.normal_(p, mean=0.0, std=0.02)
 
     def forward(self, idx, targets):
-        x = norm(self.wte(idx))
+        prev = F.pad(idx[:, :-1], (1, 0))  # the token before each position (0 = <|endoftext|> at the start)
+        pair = ((prev * 36313) ^ (idx * 27191)) % self.bigram.num_embeddings
+        x = norm(self.wte(idx) + self.bigram(pair))
         for block in self.blocks:
             x = block(x)
         logits = self.lm_head(norm(x))
@@ -174,7 +178,7 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
 
-model = GPT(args.vocab_size, args.seq_len, args.n_layer, args.n_head, args.n_embd)
+model = GPT(args.vocab_size, args.seq_len, args.n_layer, args.n_head, args.n_embd, args.bigram_buckets)
 
 # -----------------------------------------------------------------------------
 # Optimizers: Muon (orthogonalized momentum) for the matrices in the blocks, AdamW for the rest
@@ -215,7 +219,7 @@ class Muon(torch.optim.Optimizer):
 hidden = [p for p in model.blocks.parameters() if p.dim() == 2]
 optimizer = torch.optim.AdamW(
     [
-        dict(params=[model.wte.weight], lr=args.embed_lr, weight_decay=0.0),
+        dict(params=[model.wte.weight, model.bigram.weight], lr=args.embed_lr, weight_decay=0.0),
         dict(params=[model.lm_head.weight], lr=args.head_lr, weight_decay=args.weight_decay),
     ],
     betas=(0.9, 0.95),
