@@ -3,7 +3,8 @@ recover nearly all of each transition's speedup; the null model (no change) reco
 
     python bench/oracle_fsr.py --model oracle --size full --records 1-9 [--cpus 1] [--out DIR]
 
-Each task runs scaffold=tree with one agent node and one re-evaluation run. FSR is read from each run's
+Each task runs scaffold=tree with one agent node and --reeval-runs re-evaluation runs (default 2, as in
+the config). FSR is read from each run's
 summary.json (calibrated t_R/t_R+1 when this machine has a calibration, else measured on the fly), and
 also recomputed against a calibration file given with --calibration.
 """
@@ -27,6 +28,7 @@ def main() -> None:
     ap.add_argument("--cpus", default=None, help="pin node runs to these cores, e.g. 1")
     ap.add_argument("--calibration", default=None, help="a calibration JSON to recompute FSR against")
     ap.add_argument("--out", default="bench/runs")
+    ap.add_argument("--reeval-runs", type=int, default=2, help="the harness's re-runs of the node (config default 2)")
     args = ap.parse_args()
     lo, _, hi = args.records.partition("-")
     records = range(int(lo), int(hi or lo) + 1)
@@ -35,7 +37,7 @@ def main() -> None:
     for r in records:
         run_dir = Path(args.out) / f"{args.model}_{args.size}_record_{r}_{time.strftime('%H%M%S')}"
         cmd = [sys.executable, "-m", "speedrunner", "run", f"task=nanogpt_mini/record_{r}", f"task.size={args.size}",
-               f"model={args.model}", "scaffold=tree", "budget.max_nodes=1", "reeval.runs=1", f"run_dir={run_dir}"]
+               f"model={args.model}", "scaffold=tree", "budget.max_nodes=1", f"reeval.runs={args.reeval_runs}", f"run_dir={run_dir}"]
         if args.cpus:
             cmd.append(f"executor.cpus=[{args.cpus}]")
         t0 = time.time()
