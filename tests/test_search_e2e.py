@@ -222,6 +222,8 @@ def test_identical_drafts_reuse_the_first_result_instead_of_running_again(tmp_pa
                 (run_dir / "nodes" / "v_1" / "stdout.log").read_text()
         skipped = [(e["node"], e["duplicate_of"]) for e in events if e["event"] == "exec_skipped"]
         assert skipped == [(2, 1), (3, 1)]
+        # the node that ran stays the best: a duplicate never wins a tie against its twin
+        assert json.loads((run_dir / "summary.json").read_text())["best_node"] == 1
     else:
         assert ran == [0, 1, 2, 3] and all(r["duplicate_of"] is None for r in results.values())
 

@@ -91,7 +91,8 @@ def reeval_for_run(run) -> dict[str, Any] | None:
     cache = Path(run.run_dir) / "reeval" / "results.json"
     done: dict[str, Any] = read_json(cache) if cache.is_file() else {}
     ranked = [n for n in sorted(run.tree.values(), key=lambda n: n.id)
-              if n.id != 0 and n.outcome is not None and n.outcome.valid and n.outcome.metric is not None]
+              if n.id != 0 and n.outcome is not None and n.outcome.valid and n.outcome.metric is not None
+              and n.outcome.duplicate_of is None]  # a duplicate is its twin's code: re-running it again adds nothing
     sign = 1 if run.task.metric.direction == "minimize" else -1
     ranked.sort(key=lambda n: (sign * n.outcome.metric, -n.id))
     targets = ranked if run.reeval_cfg.get("all_valid") else ranked[: int(run.reeval_cfg.get("max_candidates", 3))]

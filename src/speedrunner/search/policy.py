@@ -61,11 +61,13 @@ class GreedyPolicy:
         self.rng = random.Random(self.seed)
 
     def _better(self, a: Node, b: Node) -> bool:
-        """a beats b: strictly better metric, or equal metric and newer."""
+        """a beats b: strictly better metric, or equal metric and newer (a node that only reuses an earlier
+        node's result, ``duplicate_of``, never wins a tie against one that ran)."""
         assert a.outcome and b.outcome and a.outcome.metric is not None and b.outcome.metric is not None
         x, y = a.outcome.metric, b.outcome.metric
         if x == y:
-            return a.id > b.id
+            a_dup, b_dup = a.outcome.duplicate_of is not None, b.outcome.duplicate_of is not None
+            return (not a_dup, a.id) > (not b_dup, b.id)
         return x < y if self.direction == "minimize" else x > y
 
     def best_of(self, nodes: list[Node]) -> Node | None:
