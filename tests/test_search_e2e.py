@@ -8,6 +8,7 @@ rules (``check_policy``) that replays the seeded RNG.
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from pathlib import Path
@@ -203,8 +204,6 @@ def test_oracle_finds_the_faster_solution(tmp_path):
 def test_identical_drafts_reuse_the_first_result_instead_of_running_again(tmp_path, reuse):
     """AIDE's three drafts from the oracle are the same code: with reuse_identical (the default) only the
     first runs; the others take its result and say so. Turned off, every draft runs."""
-    import json
-
     run_dir = tmp_path / "oracle_aide"
     cfg = compose(["task=collatz", "model=oracle", "scaffold=aide", "budget.max_nodes=3", f"run_dir={run_dir}",
                    f"reuse_identical={str(reuse).lower()}", "reeval.runs=0"])
@@ -226,6 +225,30 @@ def test_identical_drafts_reuse_the_first_result_instead_of_running_again(tmp_pa
         assert json.loads((run_dir / "summary.json").read_text())["best_node"] == 1
     else:
         assert ran == [0, 1, 2, 3] and all(r["duplicate_of"] is None for r in results.values())
+
+
+def test_reuse_identical_must_be_a_boolean(tmp_path):
+    from speedrunner.core.errors import UserError
+
+    with pytest.raises(UserError, match="reuse_identical must be true or false, got 'maybe'"):
+        build(compose(["task=collatz", "model=null", "reuse_identical=maybe", f"run_dir={tmp_path / 'r'}"]),
+              tmp_path / "r")
+
+
+def test_a_node_whose_run_rewrote_its_code_is_no_twin(tmp_path, script_file):
+    """v_1's run rewrites its own solve.py into v_2's code: v_2 must still run, not take v_1's result."""
+    later = variant(500, tag="b").split("```python\n", 1)[1].rsplit("```", 1)[0]
+    rewriter = (f"open(__file__, 'w').write({later!r})\n"
+                'print("answer: 77031 (chain length 351)")\nprint("runtime_ms: 900")\n')
+    replies = [f"Rewrite solve.py.\n\n### File: solve.py\n```python\n{rewriter}```\n", variant(500, tag="b")]
+    run_dir = tmp_path / "rewriter"
+    overrides = [*FIXED, "scaffold=flat", "scaffold.n_initial=2", "budget.max_nodes=2", "model=scripted",
+                 f"model.path={script_file(replies)}", "coder=wholefile", "reeval.runs=0", f"run_dir={run_dir}"]
+    build(compose(overrides), run_dir).run()
+    events = [json.loads(line) for line in (run_dir / "journal.jsonl").read_text().splitlines()]
+    assert sorted(e["node"] for e in events if e["event"] == "exec_started") == [0, 1, 2]
+    v2 = json.loads((run_dir / "nodes" / "v_2" / "result.json").read_text())
+    assert v2["duplicate_of"] is None and v2["status"] == "valid" and v2["metric"] == 500
 
 
 def test_null_model_changes_nothing(tmp_path):

@@ -174,6 +174,8 @@ def build(cfg: DictConfig, run_dir: Path, progress: Progress | None = None,
     executor = make_executor(cfg.executor, task, run_dir)
     if int(cfg.budget.max_nodes) < 0:
         raise UserError("budget.max_nodes must be 0 or more")
+    if not isinstance(cfg.get("reuse_identical", True), bool):
+        raise UserError(f"reuse_identical must be true or false, got {cfg.reuse_identical!r}")
     run = SearchRun(
         run_dir=run_dir, task=task, policy=policy, coder=coder_cls(**coder_kwargs),
         ideator=ideator_cls(**ideator_kwargs),
@@ -187,7 +189,7 @@ def build(cfg: DictConfig, run_dir: Path, progress: Progress | None = None,
         summary_hooks=[reeval_for_run, fsr_for_run, repro_for_run],
         reeval_cfg=OmegaConf.to_container(cfg.reeval, resolve=True) if "reeval" in cfg else {},
         analyst=bool(cfg.get("analyst", {}).get("enabled", False)),
-        reuse_identical=bool(cfg.get("reuse_identical", True)),
+        reuse_identical=cfg.get("reuse_identical", True),
         pool=DevicePool.from_config(cfg.executor),  # executor.workers/devices/gpus_per_node (parallel search)
     )
     connect_events(executor, journal_sink(run))

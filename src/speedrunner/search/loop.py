@@ -527,7 +527,9 @@ class SearchRun:
                           and n.outcome.exit_code is not None and n.outcome.duplicate_of is None),
                          key=lambda n: n.id)
         mine = self.store.read_text_files(node, self.task.editable)
-        return next((n for n in ran if self.store.read_text_files(n, self.task.editable) == mine), None)
+        # a run that rewrote its own files ran other code than its workspace now holds: not a twin
+        return next((n for n in ran if not self.store.files_changed(n)
+                     and self.store.read_text_files(n, self.task.editable) == mine), None)
 
     def _reuse(self, node: Node, twin: Node) -> None:
         """Give ``node`` the result of ``twin``, which ran the same code: another run of identical code is
