@@ -5,7 +5,8 @@ recover nearly all of each transition's speedup; the null model (no change) reco
 
 Each task runs scaffold=tree with one agent node and --reeval-runs re-evaluation runs (default 2, as in
 the config). FSR is read from each run's
-summary.json (calibrated t_R/t_R+1 when this machine has a calibration, else measured on the fly), and
+summary.json (calibrated t_R/t_R+1 when this machine has a calibration, else measured on the fly; with a
+calibration, re-evaluation also times record R beside the node and t_agent is drift-corrected), and
 also recomputed against a calibration file given with --calibration.
 """
 
@@ -45,11 +46,14 @@ def main() -> None:
         s = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
         row = {"record": r, "exit": p.returncode, "wall_s": round(time.time() - t0, 1), "fsr": s.get("fsr"),
                "t_R": s.get("t_R"), "t_next": s.get("t_next"), "t_agent": s.get("t_agent"),
-               "source": s.get("fsr_source"), "run_dir": str(run_dir)}
+               "t_agent_raw": s.get("t_agent_raw"), "t_R_now": s.get("t_R_now"), "drift": s.get("drift"),
+               "t_agent_source": s.get("t_agent_source"), "source": s.get("fsr_source"), "run_dir": str(run_dir)}
         if cal and s.get("t_agent") is not None:
             t_r = cal["records"][str(r)]["mean_ms"]
             t_n = cal["records"][str(r + 1)]["mean_ms"]
-            row["fsr_calibrated"] = max(0.0, (t_r - s["t_agent"]) / (t_r - t_n)) if t_r > t_n else None
+            # drift-corrected runs: the node's time in this file's time, from the run's own reference runs
+            t_a = s["t_agent_raw"] * t_r / s["t_R_now"] if s.get("t_agent_raw") else s["t_agent"]
+            row["fsr_calibrated"] = max(0.0, (t_r - t_a) / (t_r - t_n)) if t_r > t_n else None
         elif cal:
             row["fsr_calibrated"] = 0.0
         rows.append(row)

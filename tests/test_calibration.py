@@ -90,3 +90,45 @@ def test_fsr_uses_a_calibration_only_for_the_scripts_it_timed(tmp_path, monkeypa
     calibrate()  # a file from before digests: used, and marked unverified
     out = fsr("legacy")
     assert out["fsr"] == 0.5 and out["scripts_verified"] is False
+
+
+def test_an_interrupted_calibration_resumes_where_it_stopped(tmp_path, monkeypatch, capsys):
+    """`ladder time` keeps its runs in OUT.partial.json as it goes (never at OUT, where FSR would take an
+    unfinished calibration); --resume makes only the missing runs."""
+    from speedrunner.scoring.calibration import partial_path
+
+    monkeypatch.setenv("SPEEDRUNNER_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "cal.json"
+    partial = partial_path(out)
+    assert partial == tmp_path / "cal.partial.json"
+    import speedrunner.scoring.calibration as cal
+
+    real, made = cal.run_record_once, []
+
+    def dies_on_the_third(*a, **kw):
+        if len(made) == 2:
+            raise KeyboardInterrupt  # the user's ctrl-C, or a crash, in run 2 of record 1
+        made.append(kw["extra_env"]["SPEEDRUNNER_SEED"])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(cal, "run_record_once", dies_on_the_third)
+    args = ["ladder", "time", "--records", "1-2", "--runs", "2", "--size", "smoke", "--out", str(out)]
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    assert not out.exists() and find_calibration("nanogpt_mini", "smoke", 1) is None
+    saved = json.loads(partial.read_text())
+    assert [len(saved["records"][r]["train_time_ms"]) for r in ("1", "2")] == [1, 1]
+
+    made.clear()
+    monkeypatch.setattr(cal, "run_record_once", lambda *a, **kw: made.append(kw["extra_env"]["SPEEDRUNNER_SEED"]) or real(*a, **kw))
+    assert main([*args, "--resume"]) == 0
+    assert made == ["1338", "1338"]  # round 2 only, with round 2's seed
+    done = json.loads(out.read_text())
+    for r in ("1", "2"):
+        assert done["records"][r]["n"] == 2 and done["records"][r]["train_time_ms"][0] == saved["records"][r]["train_time_ms"][0]
+    assert not partial.exists() and "resuming" in capsys.readouterr().out
+
+    # a partial file of other settings is refused, not mixed in
+    partial.write_text(json.dumps({**saved, "runs_per_record": 5}))
+    assert main([*args, "--resume"]) == 2
+    assert "cannot be continued: its runs_per_record is 5" in capsys.readouterr().err

@@ -51,6 +51,8 @@ def print_summary(run) -> None:
     speed = f"speedup {s['speedup']:.3f}x" if s.get("speedup") else ""
     best = f"best = {_fmt(s['best_metric'])} (v_{s['best_node']})" if s["best_node"] is not None else "no valid node"
     fsr = f"; FSR {s['fsr']:.3f} ({s['fsr_source']})" if s.get("fsr") is not None else ""
+    if fsr and s.get("drift") is not None:  # record R beside the node ran this much off its calibrated time
+        fsr += f" [machine {s['drift']:+.1%} vs calibration, {'not ' if s.get('drift_note') else ''}corrected]"
     console.print(f"baseline {s['metric']} = {_fmt(s['baseline_metric'])}; {best} {speed}{fsr}; "
                   f"{s['n_valid']}/{s['n_nodes']} nodes valid; {s.get('llm_calls', 0)} model calls")
     console.print(f"run folder: {run.run_dir}  (summary.json, journal.jsonl, nodes/v_N/)")
@@ -267,9 +269,15 @@ def cmd_ladder(args: argparse.Namespace) -> int:
         available = [int(r["record"]) for r in cal.ladder_records(args.suite)]
         records = cal.parse_records(args.records, available)
         cpus = [int(c) for c in args.cpus.split(",")] if args.cpus else None
+        if args.runs < 1:
+            raise UserError(f"--runs must be 1 or more, got {args.runs}")
+        out = Path(args.out) if args.out else cal.calibration_path(args.suite, args.size, args.threads)
+        partial = cal.partial_path(out)
         result = cal.time_ladder(args.suite, records, args.runs, args.size, args.threads,
-                                 progress=lambda line: console.print(line, markup=False), cpus=cpus)
-        path = cal.save_calibration(result, Path(args.out) if args.out else None)
+                                 progress=lambda line: console.print(line, markup=False), cpus=cpus,
+                                 partial=partial, resume=args.resume)
+        path = cal.save_calibration(result, out)
+        partial.unlink(missing_ok=True)
         console.print(cal.ladder_table(result), markup=False)
         console.print(f"calibration written to {path}")
         return 0
@@ -472,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--cpus", help="time: pin the runs to these cores, e.g. 0 or 0,1 (quieter timings)")
     ld.add_argument("--out", help="time: calibration file (default: the cache, keyed by machine); plot: PNG path")
     ld.add_argument("--calibration", help="plot/table: a calibration file (default: this machine's)")
+    ld.add_argument("--resume", action="store_true",
+                    help="time: continue an interrupted calibration (its runs so far are kept in OUT.partial.json)")
     ld.set_defaults(func=cmd_ladder)
 
     cc = sub.add_parser("cascade", help="climb a ladder: speedrunner cascade suite=nanogpt_mini records=1-3 model=oracle")

@@ -187,13 +187,28 @@ def build(cfg: DictConfig, run_dir: Path, progress: Progress | None = None,
         hints_text=format_hints(hints), coder_retries=int(cfg.coder.get("max_retries", 2)),
         progress=progress or Progress(),
         summary_hooks=[reeval_for_run, fsr_for_run, repro_for_run],
-        reeval_cfg=OmegaConf.to_container(cfg.reeval, resolve=True) if "reeval" in cfg else {},
+        reeval_cfg=_reeval_cfg(cfg),
         analyst=bool(cfg.get("analyst", {}).get("enabled", False)),
         reuse_identical=cfg.get("reuse_identical", True),
         pool=DevicePool.from_config(cfg.executor),  # executor.workers/devices/gpus_per_node (parallel search)
     )
     connect_events(executor, journal_sink(run))
     return run
+
+
+def _reeval_cfg(cfg: DictConfig) -> dict[str, Any]:
+    """The config's ``reeval`` section, checked: a wrong type would otherwise surface only after the search."""
+    out = OmegaConf.to_container(cfg.reeval, resolve=True) if "reeval" in cfg else {}
+    for key in ("all_valid", "drift_reference"):
+        if not isinstance(out.get(key, False), bool):
+            raise UserError(f"reeval.{key} must be true or false, got {out[key]!r}")
+    for key, lo in (("runs", 0), ("max_candidates", 1)):
+        if key in out and (isinstance(out[key], bool) or not isinstance(out[key], int) or out[key] < lo):
+            raise UserError(f"reeval.{key} must be a whole number >= {lo}, got {out[key]!r}")
+    drift = out.get("max_drift", 0.25)
+    if isinstance(drift, bool) or not isinstance(drift, (int, float)) or not 0 <= drift < 1:
+        raise UserError(f"reeval.max_drift must be a fraction in [0, 1) such as 0.25, got {drift!r}")
+    return out
 
 
 def make_executor(section: DictConfig | dict[str, Any], task: Task, run_dir: Path | None = None) -> Any:

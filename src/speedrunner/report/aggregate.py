@@ -135,7 +135,7 @@ def run_rows(runs: list[RunRec]) -> list[dict[str, Any]]:
             "seed": r.seed, "status": s.get("status"), "stop_reason": s.get("stop_reason"), "kind": r.kind, "score": _r(r.score, 6),
             "fsr": _r(_num(s.get("fsr")), 6), "fsr_source": s.get("fsr_source"), "fsr_note": s.get("fsr_note"),
             "speedup": _r(_num(s.get("speedup")), 6), "t_R": s.get("t_R"), "t_next": s.get("t_next"),
-            "t_agent": s.get("t_agent"), "t_agent_source": s.get("t_agent_source"),
+            "t_agent": s.get("t_agent"), "t_agent_source": s.get("t_agent_source"), "drift": s.get("drift"),
             "reeval_chosen_node": (s.get("reeval") or {}).get("chosen_node") if isinstance(s.get("reeval"), dict) else None,
             "metric": s.get("metric"), "baseline_metric": s.get("baseline_metric"),
             "best_metric": s.get("best_metric"), "best_node": s.get("best_node"), "n_nodes": s.get("n_nodes"),

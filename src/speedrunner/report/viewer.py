@@ -199,7 +199,7 @@ def collect(run_dir: Path) -> dict[str, Any]:
     width, height = layout(nodes)
     keys = ("task", "size", "model", "scaffold", "coder", "ideator", "hints", "seed", "status", "stop_reason", "metric",
             "direction", "n_nodes", "n_valid", "n_buggy", "baseline_metric", "best_metric", "best_node", "speedup",
-            "fsr", "fsr_source", "fsr_note", "t_R", "t_next", "t_agent", "t_agent_source", "reeval", "llm_calls",
+            "fsr", "fsr_source", "fsr_note", "t_R", "t_next", "t_agent", "t_agent_source", "drift", "drift_note", "reeval", "llm_calls",
             "tokens_in", "tokens_out", "usd", "wall_s")
     return {"run_dir": str(run_dir.resolve()), "summary": {k: summary.get(k) for k in keys if k in summary},
             "nodes": nodes, "width": width, "height": height}
@@ -377,6 +377,7 @@ _JS = r"""
     ["speedup", isNum(S.speedup) ? S.speedup.toFixed(3) + "x" : null],
     ["re-evaluation", RE ? (RE.chosen_node === null || RE.chosen_node === undefined ? "no node chosen" : "chose v_" + RE.chosen_node) + (RE.runs ? " (" + RE.runs + " runs each)" : "") : null],
     ["FSR", "fsr" in S ? (isNum(S.fsr) ? S.fsr.toFixed(3) + (S.fsr_source ? " (" + S.fsr_source + ")" : "") : "- " + (S.fsr_note || "")) : null],
+    ["machine drift", isNum(S.drift) ? (S.drift >= 0 ? "+" : "") + (100 * S.drift).toFixed(1) + "% vs calibration" + (S.drift_note ? ", not corrected" : ", corrected") : null],
     ["model calls", S.llm_calls], ["tokens", isNum(S.tokens_in) ? S.tokens_in + " in / " + S.tokens_out + " out" : null],
     ["USD", isNum(S.usd) ? S.usd.toFixed(4) : null]];
   for (const [k, v] of items) {

@@ -217,8 +217,31 @@ def summarize(records: dict[str, dict[str, Any]], target: float | None, alpha: f
         prev = r
 
 
+def partial_path(out: Path) -> Path:
+    """Where ``ladder time`` keeps the runs done so far: beside the calibration, never at its path, so
+    that FSR cannot take an unfinished calibration."""
+    return out.with_name(out.name.removesuffix(".json") + ".partial.json")
+
+
+def _resumable(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """Why ``old`` (a partial calibration) cannot be continued as ``new``, or None."""
+    for key in ("suite", "size", "fingerprint", "runs_per_record", "cpus", "target_val_loss"):
+        if old.get(key) != new.get(key):
+            return f"its {key} is {old.get(key)!r}, this one's {new.get(key)!r}"
+    if sorted(old.get("records", {})) != sorted(new["records"]):
+        return f"it times records {sorted(old.get('records', {}), key=int)}"
+    for r, rec in new["records"].items():
+        if old["records"][r].get("script_sha256") != rec["script_sha256"]:
+            return f"record {r}'s script has changed since"
+    return None
+
+
 def time_ladder(suite: str, records: list[int], runs: int, size: str | None, threads: int,
-                progress=print, work_dir: Path | None = None, cpus: list[int] | None = None) -> dict[str, Any]:
+                progress=print, work_dir: Path | None = None, cpus: list[int] | None = None,
+                partial: Path | None = None, resume: bool = False) -> dict[str, Any]:
+    """Time ``records`` ``runs`` times each in interleaved rounds. With ``partial``, the runs done so far
+    are saved there after each run; with ``resume``, a partial file of the same ladder, machine and
+    settings is continued (its runs are kept, the missing ones made)."""
     from speedrunner.runner import prepare_data
 
     first = suite_task(suite, size, None)
@@ -237,8 +260,22 @@ def time_ladder(suite: str, records: list[int], runs: int, size: str | None, thr
                              "script_sha256": record_digest(suite, r, task.template_include),
                              "train_time_ms": [], "val_loss": [], "valid": [], "reasons": []} for r in records},
     }
+    if partial is not None and partial.is_file():
+        if not resume:
+            progress(f"note: {partial} holds an unfinished calibration; starting over (--resume continues it)")
+        else:
+            old = read_json(partial)
+            why = _resumable(old, result)
+            if why is not None:
+                raise UserError(f"--resume: {partial} cannot be continued: {why}. Delete it to start over")
+            result["records"] = old["records"]
+            result["created"] = old.get("created", result["created"])
+            done = sum(len(rec["train_time_ms"]) for rec in old["records"].values())
+            progress(f"resuming {partial}: {done} of {runs * len(records)} runs already done")
     for k in range(runs):
         for r in records:
+            if len(result["records"][str(r)]["train_time_ms"]) > k:
+                continue  # done before a resume
             t0 = time.time()
             res = run_record_once(task, record_template(suite, r), work / f"record_{r}", executor,
                                   extra_env={"SPEEDRUNNER_SEED": str(1337 + k)})
@@ -247,6 +284,8 @@ def time_ladder(suite: str, records: list[int], runs: int, size: str | None, thr
             rec["val_loss"].append(res.get("val_loss"))
             rec["valid"].append(bool(res.get("valid")))
             rec["reasons"].append(res.get("reason", ""))
+            if partial is not None:
+                atomic_write_json(partial, result, durable=True)
             progress(f"run {k + 1}/{runs} record {r}: {task.metric.name}={res.get(task.metric.name)} "
                      f"val_loss={res.get('val_loss')} {res.get('status')} ({time.time() - t0:.0f} s wall)")
     for r in stale_records(result, suite, records, task.template_include):  # edited while being timed
