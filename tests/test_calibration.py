@@ -113,8 +113,8 @@ def test_an_interrupted_calibration_resumes_where_it_stopped(tmp_path, monkeypat
 
     monkeypatch.setattr(cal, "run_record_once", dies_on_the_third)
     args = ["ladder", "time", "--records", "1-2", "--runs", "2", "--size", "smoke", "--out", str(out)]
-    with pytest.raises(KeyboardInterrupt):
-        main(args)
+    assert main(args) == 130
+    assert "with --resume continues the calibration" in capsys.readouterr().err
     assert not out.exists() and find_calibration("nanogpt_mini", "smoke", 1) is None
     saved = json.loads(partial.read_text())
     assert [len(saved["records"][r]["train_time_ms"]) for r in ("1", "2")] == [1, 1]

@@ -507,7 +507,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        err_console.print("interrupted; 'speedrunner resume RUN_DIR' continues the run")
+        if getattr(args, "func", None) is cmd_ladder:
+            err_console.print("interrupted; the same 'speedrunner ladder time' command with --resume continues "
+                              "the calibration from the runs done so far")
+        elif getattr(args, "func", None) is cmd_cascade:
+            err_console.print("interrupted; 'speedrunner cascade --resume CASCADE_DIR' continues the cascade")
+        else:
+            err_console.print("interrupted; 'speedrunner resume RUN_DIR' continues the run")
         return 130
     except BrokenPipeError:  # the reader went away (e.g. `speedrunner tasks | head`): stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
