@@ -507,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        if getattr(args, "func", None) is cmd_ladder:
+        if getattr(args, "func", None) is cmd_ladder and args.action == "time":
             err_console.print("interrupted; the same 'speedrunner ladder time' command with --resume continues "
                               "the calibration from the runs done so far")
         elif getattr(args, "func", None) is cmd_cascade:

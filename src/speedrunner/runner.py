@@ -36,7 +36,7 @@ from speedrunner.execution.torchrun import TorchrunExecutor, TorchrunSpec
 from speedrunner.llm.cache import ResponseCache
 from speedrunner.llm.factory import build_role_models
 from speedrunner.llm.ledger import Ledger
-from speedrunner.scoring.fsr import fsr_for_run
+from speedrunner.scoring.fsr import MAX_DRIFT, fsr_for_run
 from speedrunner.scoring.reeval import reeval_for_run
 from speedrunner.scoring.repro import repro_for_run
 from speedrunner.search.loop import Budget, Progress, SearchRun
@@ -205,7 +205,7 @@ def _reeval_cfg(cfg: DictConfig) -> dict[str, Any]:
     for key, lo in (("runs", 0), ("max_candidates", 1)):
         if key in out and (isinstance(out[key], bool) or not isinstance(out[key], int) or out[key] < lo):
             raise UserError(f"reeval.{key} must be a whole number >= {lo}, got {out[key]!r}")
-    drift = out.get("max_drift", 0.25)
+    drift = out.get("max_drift", MAX_DRIFT)
     if isinstance(drift, bool) or not isinstance(drift, (int, float)) or not 0 <= drift < 1:
         raise UserError(f"reeval.max_drift must be a fraction in [0, 1) such as 0.25, got {drift!r}")
     return out

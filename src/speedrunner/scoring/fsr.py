@@ -31,6 +31,9 @@ def fraction_of_speedup_recovered(t_r: float, t_next: float, t_agent: float) -> 
     return (t_r - t_agent) / (t_r - t_next)
 
 
+MAX_DRIFT = 0.25  # reeval.max_drift's default: beyond it, t_agent is not drift-corrected
+
+
 def applies(task) -> bool:
     """FSR is defined for ladder tasks: a suite and a record, and a time metric."""
     return task.suite is not None and task.record is not None and task.metric.kind == "time"
@@ -79,7 +82,7 @@ def drift_correction(run, ref: dict[str, Any], node_reeval: dict[str, Any] | Non
         return t_agent, {"drift_note": "the reference runs of record R were not all valid: t_agent not corrected "
                                        f"({'; '.join(refrun.get('reasons', [])[:2])})"}
     drift = t_now / ref["t_R"]
-    limit = float(run.reeval_cfg.get("max_drift", 0.25))
+    limit = float(run.reeval_cfg.get("max_drift", MAX_DRIFT))
     keys: dict[str, Any] = {"t_R_now": t_now, "drift": drift - 1.0}
     if abs(drift - 1.0) > limit:
         keys["drift_note"] = (f"record {run.task.record} ran {drift - 1.0:+.1%} against the calibration "

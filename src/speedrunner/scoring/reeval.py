@@ -130,10 +130,11 @@ def reeval_for_run(run) -> dict[str, Any] | None:
     ranked.sort(key=lambda n: (sign * n.outcome.metric, -n.id))
     targets = ranked if run.reeval_cfg.get("all_valid") else ranked[: int(run.reeval_cfg.get("max_candidates", 3))]
     chosen = None
+    # the same for every candidate: found once (it reads the calibration and hashes records R and R+1)
+    reference = drift_reference(run) if any(str(n.id) not in done for n in targets) else None
     for node in targets:
         key = str(node.id)
         if key not in done:
-            reference = drift_reference(run)
             run.journal.write("reeval_started", node=node.id, runs=runs, reference=reference is not None)
             done[key] = reevaluate(run.task, node_files(run.store, node), Path(run.run_dir) / "reeval" / node.name,
                                    run.executor, runs, reference=reference)
