@@ -9,7 +9,15 @@ from types import SimpleNamespace as NS
 import pytest
 
 from speedrunner.cli import main
-from speedrunner.scoring.calibration import calibration_path, find_calibration, record_digest, summarize
+from speedrunner.scoring.calibration import (
+    calibration_path,
+    drift_summary,
+    find_calibration,
+    record_digest,
+    round_adjusted_cv,
+    round_factors,
+    summarize,
+)
 from speedrunner.scoring.fsr import fsr_for_run
 from speedrunner.tasks.registry import get_task
 
@@ -38,6 +46,30 @@ def test_reaching_the_target_is_every_run_valid_even_when_the_losses_spread():
     assert not records["2"]["reaches_target"] and not records["2"]["all_valid"]
 
 
+def test_round_factors_tell_the_machines_drift_from_a_records_own_spread(tmp_path, capsys):
+    drift = [1.06, 0.95, 1.00, 0.99]  # the machine, whole rounds slower or faster
+    records = {str(i + 1): rec([base * d for d in drift], [4.3] * 4)
+               for i, base in enumerate([1000.0, 500.0, 250.0])}
+    records["4"] = rec([120.0, 100.0, 125.0, 101.0], [4.3] * 4)  # a record that varies by itself
+    summarize(records, target=4.38)
+    factors = round_factors(records)
+    assert factors[0] > factors[3] > factors[1] and factors[0] / factors[1] == pytest.approx(1.06 / 0.95, rel=0.05)
+    for key in ("1", "2", "3"):
+        assert records[key]["cv"] > 0.03  # raw: the drift shows in every record
+        assert round_adjusted_cv(records[key]["train_time_ms"], factors) < 0.015  # taken out
+    assert round_adjusted_cv(records["4"]["train_time_ms"], factors) > 0.05  # its own spread stays
+    assert round_factors({"1": records["1"], "2": records["2"]}) == [None] * 4  # too few records to tell
+    lines = drift_summary({"records": records, "round_factors": factors})
+    assert lines[0].startswith("rounds ran at 1.0") and "record(s) 1:" in lines[1] and "4:" in lines[1]
+    assert drift_summary({"records": {"1": records["4"]}}) == []  # one record: nothing to say about rounds
+    # `ladder table` says the same of a calibration file, also an older one without the factors
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps({"records": records, "machine": {}}))
+    assert main(["ladder", "table", "--calibration", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "| 4 |" in out and "rounds ran at" in out and "CV above 3 %" in out
+
+
 def test_ladder_time_writes_a_calibration_that_fsr_finds(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SPEEDRUNNER_CACHE", str(tmp_path / "cache"))
     assert main(["ladder", "time", "--records", "1-2", "--runs", "2", "--size", "smoke"]) == 0
@@ -48,6 +80,8 @@ def test_ladder_time_writes_a_calibration_that_fsr_finds(tmp_path, monkeypatch, 
         assert r["n"] == 2 and r["mean_ms"] > 0 and all(r["valid"]) and r["reaches_target"]
         assert all(loss < cal["target_val_loss"] for loss in r["val_loss"])
         assert r["script_sha256"] == record_digest("nanogpt_mini", int(key), ["train_gpt.py"])
+        assert r["cv_round_adjusted"] is None  # two records: too few to tell the machine's drift
+    assert cal["round_factors"] == [None, None]
     out = capsys.readouterr().out
     assert "run 2/2 record 2" in out and "| 2 |" in out and "calibration written to" in out
     assert main(["ladder", "plot", "--size", "smoke", "--out", str(tmp_path / "l.png")]) == 0

@@ -279,6 +279,8 @@ def cmd_ladder(args: argparse.Namespace) -> int:
         path = cal.save_calibration(result, out)
         partial.unlink(missing_ok=True)
         console.print(cal.ladder_table(result), markup=False)
+        for line in cal.drift_summary(result):
+            console.print(line, markup=False)
         console.print(f"calibration written to {path}")
         return 0
     path = Path(args.calibration) if args.calibration else cal.calibration_path(args.suite, args.size, args.threads)
@@ -287,6 +289,8 @@ def cmd_ladder(args: argparse.Namespace) -> int:
     data = json.loads(path.read_text())
     if args.action == "table":
         console.print(cal.ladder_table(data), markup=False)
+        for line in cal.drift_summary(data):
+            console.print(line, markup=False)
         return 0
     out = cal.plot_ladder(data, Path(args.out or "ladder.png"))
     console.print(f"plot written to {out}")

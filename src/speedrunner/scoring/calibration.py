@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -217,6 +218,52 @@ def summarize(records: dict[str, dict[str, Any]], target: float | None, alpha: f
         prev = r
 
 
+def round_factors(records: dict[str, dict[str, Any]], min_records: int = 3) -> list[float | None]:
+    """How fast the machine ran in each round: the median, over the records timed in that round, of
+    (this run's time / the record's mean); 1.05 means the round ran 5 % slow. The median, so that one
+    record's own spread is not taken for the machine's. None for a round with fewer than ``min_records``
+    timed records. Records run in interleaved rounds, so a factor far from 1 is drift of the machine,
+    not of a script."""
+    rounds = max((len(r["train_time_ms"]) for r in records.values()), default=0)
+    out: list[float | None] = []
+    for k in range(rounds):
+        logs = [math.log(r["train_time_ms"][k] / r["mean_ms"]) for r in records.values()
+                if len(r["train_time_ms"]) > k and r["train_time_ms"][k] and r.get("mean_ms")]
+        out.append(math.exp(statistics.median(logs)) if len(logs) >= min_records else None)
+    return out
+
+
+def round_adjusted_cv(times: list[float | None], factors: list[float | None]) -> float | None:
+    """A record's CV once each run is divided by its round's factor: the spread the machine's drift does
+    not explain. A diagnostic only; ``cv`` (raw) is the figure."""
+    adj = [t / f for t, f in zip(times, factors, strict=False) if t and f]
+    if len(adj) < 2 or len(adj) < len([t for t in times if t]):
+        return None
+    return statistics.stdev(adj) / statistics.fmean(adj)
+
+
+def drift_summary(cal: dict[str, Any], goal: float = 0.03) -> list[str]:
+    """Lines for the end of ``ladder time``: the rounds' factors and the records whose CV is over ``goal``."""
+    factors = cal.get("round_factors") or round_factors(cal["records"])  # an older file has no factors
+    if not any(factors):
+        return []
+    fs = ", ".join("-" if f is None else f"{f:.3f}" for f in factors)
+    lines = [f"rounds ran at {fs} x the records' means (1 = no drift of the machine between rounds)"]
+    noisy = [(k, r) for k, r in sorted(cal["records"].items(), key=lambda kv: int(kv[0]))
+             if r.get("cv") is not None and r["cv"] > goal]
+    if noisy:
+        def adjusted(r: dict[str, Any]) -> str:
+            a = r.get("cv_round_adjusted", round_adjusted_cv(r["train_time_ms"], factors))
+            return "-" if a is None else f"{100 * a:.1f} %"
+
+        adj = ", ".join(f"{k}: {100 * r['cv']:.1f} % ({adjusted(r)})" for k, r in noisy)
+        lines.append(f"CV above {100 * goal:.0f} % for record(s) {adj}; in brackets, the CV with each round's "
+                     "factor divided out. Much lower in brackets: the machine drifted between rounds (time again "
+                     "when it is quiet, pin with --cpus); about the same: the record varies by itself, or the "
+                     "machine slowed in spells shorter than a round")
+    return lines
+
+
 def partial_path(out: Path) -> Path:
     """Where ``ladder time`` keeps the runs done so far: beside the calibration, never at its path, so
     that FSR cannot take an unfinished calibration."""
@@ -293,6 +340,9 @@ def time_ladder(suite: str, records: list[int], runs: int, size: str | None, thr
         result["records"][str(r)]["script_changed_during_timing"] = True
         progress(f"warning: record {r}'s script changed while the ladder was being timed; time it again")
     summarize(result["records"], target)
+    result["round_factors"] = round_factors(result["records"])
+    for rec in result["records"].values():
+        rec["cv_round_adjusted"] = round_adjusted_cv(rec["train_time_ms"], result["round_factors"])
     return result
 
 
