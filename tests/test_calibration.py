@@ -59,7 +59,7 @@ def test_round_factors_tell_the_machines_drift_from_a_records_own_spread(tmp_pat
         assert round_adjusted_cv(records[key]["train_time_ms"], factors) < 0.015  # taken out
     assert round_adjusted_cv(records["4"]["train_time_ms"], factors) > 0.05  # its own spread stays
     assert round_factors({"1": records["1"], "2": records["2"]}) == [None] * 4  # too few records to tell
-    lines = drift_summary({"records": records, "round_factors": factors})
+    lines = drift_summary({"records": records})
     assert lines[0].startswith("rounds ran at 1.0") and "record(s) 1:" in lines[1] and "4:" in lines[1]
     assert drift_summary({"records": {"1": records["4"]}}) == []  # one record: nothing to say about rounds
     # `ladder table` says the same of a calibration file, also an older one without the factors

@@ -243,8 +243,9 @@ def round_adjusted_cv(times: list[float | None], factors: list[float | None]) ->
 
 
 def drift_summary(cal: dict[str, Any], goal: float = 0.03) -> list[str]:
-    """Lines for the end of ``ladder time``: the rounds' factors and the records whose CV is over ``goal``."""
-    factors = cal.get("round_factors") or round_factors(cal["records"])  # an older file has no factors
+    """Lines for the end of ``ladder time`` and ``ladder table``: the rounds' factors and the records whose
+    CV is over ``goal``. Derived from the runs, so a file written before these diagnostics gets them too."""
+    factors = round_factors(cal["records"])
     if not any(factors):
         return []
     fs = ", ".join("-" if f is None else f"{f:.3f}" for f in factors)
@@ -252,11 +253,8 @@ def drift_summary(cal: dict[str, Any], goal: float = 0.03) -> list[str]:
     noisy = [(k, r) for k, r in sorted(cal["records"].items(), key=lambda kv: int(kv[0]))
              if r.get("cv") is not None and r["cv"] > goal]
     if noisy:
-        def adjusted(r: dict[str, Any]) -> str:
-            a = r.get("cv_round_adjusted", round_adjusted_cv(r["train_time_ms"], factors))
-            return "-" if a is None else f"{100 * a:.1f} %"
-
-        adj = ", ".join(f"{k}: {100 * r['cv']:.1f} % ({adjusted(r)})" for k, r in noisy)
+        adjusted = [(k, r["cv"], round_adjusted_cv(r["train_time_ms"], factors)) for k, r in noisy]
+        adj = ", ".join(f"{k}: {100 * cv:.1f} % ({'-' if a is None else f'{100 * a:.1f} %'})" for k, cv, a in adjusted)
         lines.append(f"CV above {100 * goal:.0f} % for record(s) {adj}; in brackets, the CV with each round's "
                      "factor divided out. Much lower in brackets: the machine drifted between rounds (time again "
                      "when it is quiet, pin with --cpus); about the same: the record varies by itself, or the "
