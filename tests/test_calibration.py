@@ -9,6 +9,7 @@ from types import SimpleNamespace as NS
 import pytest
 
 from speedrunner.cli import main
+from speedrunner.core.errors import UserError
 from speedrunner.scoring.calibration import (
     calibration_path,
     drift_summary,
@@ -68,6 +69,32 @@ def test_round_factors_tell_the_machines_drift_from_a_records_own_spread(tmp_pat
     assert main(["ladder", "table", "--calibration", str(path)]) == 0
     out = capsys.readouterr().out
     assert "| 4 |" in out and "rounds ran at" in out and "CV above 3 %" in out
+    # a hand-written file with only the means FSR reads is a calibration too: tabled and plotted
+    path.write_text(json.dumps({"records": {"1": {"mean_ms": 3000.0}, "2": {"mean_ms": 2000.0}}, "machine": {}}))
+    assert main(["ladder", "table", "--calibration", str(path)]) == 0
+    assert "| 2 | - | 2.00 | - | -% |" in capsys.readouterr().out
+    assert main(["ladder", "plot", "--calibration", str(path), "--out", str(tmp_path / "l.png")]) == 0
+
+
+@pytest.mark.parametrize("text, says", [("{bad", "not a readable calibration file"),
+                                         ('{"runs": []}', "field 'records' must map record numbers"),
+                                         ('{"records": {"1": {"train_time_ms": [5]}}}', "each with a 'mean_ms'"),
+                                         ('{"records": {"first": {"mean_ms": 5}}}', "must map record numbers")])
+def test_a_broken_calibration_file_is_named_with_the_fix(tmp_path, monkeypatch, capsys, text, says):
+    path = tmp_path / "cal.json"
+    path.write_text(text)
+    for action in ("table", "plot"):
+        assert main(["ladder", action, "--calibration", str(path), "--out", str(tmp_path / "l.png")]) == 2
+        err = capsys.readouterr().err
+        assert str(path) in err and says in err and "speedrunner ladder time" in err
+    assert path.read_text() == text  # left as it was
+    # the cache file FSR reads is checked the same way
+    monkeypatch.setenv("SPEEDRUNNER_CACHE", str(tmp_path / "cache"))
+    cache = calibration_path("nanogpt_mini", "smoke", 1)
+    cache.parent.mkdir(parents=True)
+    cache.write_text(text)
+    with pytest.raises(UserError, match=says):
+        find_calibration("nanogpt_mini", "smoke", 1)
 
 
 def test_ladder_time_writes_a_calibration_that_fsr_finds(tmp_path, monkeypatch, capsys):

@@ -286,7 +286,7 @@ def cmd_ladder(args: argparse.Namespace) -> int:
     path = Path(args.calibration) if args.calibration else cal.calibration_path(args.suite, args.size, args.threads)
     if not path.is_file():
         raise UserError(f"no calibration at {path}; run 'speedrunner ladder time' first (or pass --calibration FILE)")
-    data = json.loads(path.read_text())
+    data = cal.load_calibration(path)
     if args.action == "table":
         console.print(cal.ladder_table(data), markup=False)
         for line in cal.drift_summary(data):

@@ -66,11 +66,31 @@ def calibration_path(suite: str, size: str | None, threads: int) -> Path:
     return cache_root() / "calibration" / f"{suite.replace('/', '_')}_{size or 'default'}_{fingerprint(threads)}.json"
 
 
+def load_calibration(path: Path) -> dict[str, Any]:
+    """A calibration file, checked as far as the table, the plot and FSR read it; a file that is not one
+    stops with its path and the fix instead of a traceback."""
+    fix = "time the ladder again with 'speedrunner ladder time' (or pass another --calibration FILE)"
+    try:
+        data = read_json(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not a readable calibration file ({e}); {fix}") from None
+    recs = data.get("records") if isinstance(data, dict) else None
+
+    def is_time(x: Any) -> bool:
+        return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
+
+    if not (isinstance(recs, dict) and all(str(k).isdigit() and isinstance(r, dict) and "mean_ms" in r
+                                           and is_time(r["mean_ms"]) for k, r in recs.items())):
+        raise UserError(f"{path}: field 'records' must map record numbers to their timings, each with a "
+                        f"'mean_ms' (ms, or null), as 'speedrunner ladder time' writes them; {fix}")
+    return data
+
+
 def find_calibration(suite: str, size: str | None, threads: int) -> dict[str, Any] | None:
     p = calibration_path(suite, size, threads)
     if not p.is_file():
         return None
-    data = read_json(p)
+    data = load_calibration(p)
     data["_path"] = str(p)
     return data
 
@@ -224,11 +244,11 @@ def round_factors(records: dict[str, dict[str, Any]], min_records: int = 3) -> l
     record's own spread is not taken for the machine's. None for a round with fewer than ``min_records``
     timed records. Records run in interleaved rounds, so a factor far from 1 is drift of the machine,
     not of a script."""
-    rounds = max((len(r["train_time_ms"]) for r in records.values()), default=0)
+    runs = [r.get("train_time_ms") or [] for r in records.values()]
     out: list[float | None] = []
-    for k in range(rounds):
-        logs = [math.log(r["train_time_ms"][k] / r["mean_ms"]) for r in records.values()
-                if len(r["train_time_ms"]) > k and r["train_time_ms"][k] and r.get("mean_ms")]
+    for k in range(max(map(len, runs), default=0)):
+        logs = [math.log(t[k] / r["mean_ms"]) for t, r in zip(runs, records.values(), strict=True)
+                if len(t) > k and t[k] and r.get("mean_ms")]
         out.append(math.exp(statistics.median(logs)) if len(logs) >= min_records else None)
     return out
 
@@ -253,7 +273,7 @@ def drift_summary(cal: dict[str, Any], goal: float = 0.03) -> list[str]:
     noisy = [(k, r) for k, r in sorted(cal["records"].items(), key=lambda kv: int(kv[0]))
              if r.get("cv") is not None and r["cv"] > goal]
     if noisy:
-        adjusted = [(k, r["cv"], round_adjusted_cv(r["train_time_ms"], factors)) for k, r in noisy]
+        adjusted = [(k, r["cv"], round_adjusted_cv(r.get("train_time_ms") or [], factors)) for k, r in noisy]
         adj = ", ".join(f"{k}: {100 * cv:.1f} % ({'-' if a is None else f'{100 * a:.1f} %'})" for k, cv, a in adjusted)
         lines.append(f"CV above {100 * goal:.0f} % for record(s) {adj}; in brackets, the CV with each round's "
                      "factor divided out. Much lower in brackets: the machine drifted between rounds (time again "
@@ -354,16 +374,15 @@ def ladder_table(cal: dict[str, Any]) -> str:
     """Markdown table of a calibration (the figure bench/RESULTS.md reports)."""
     lines = ["| record | innovation | mean time (s) | std (s) | CV | final val loss | p (faster than prev) | "
              "speedup vs record 1 |", "|---|---|---|---|---|---|---|---|"]
+    def f(x, fmt, scale=1.0):  # a field a hand-written file may lack prints as '-'
+        return "-" if x is None else format(x * scale, fmt)
+
     for key in sorted(cal["records"], key=int):
         r = cal["records"][key]
-
-        def f(x, fmt):
-            return "-" if x is None else format(x, fmt)
-
-        lines.append(f"| {key} | {r.get('innovation') or r.get('name')} | {f(r['mean_ms'] and r['mean_ms'] / 1000, '.2f')} | "
-                     f"{f(r['std_ms'] / 1000, '.2f')} | {f(r['cv'] and 100 * r['cv'], '.1f')}% | "
-                     f"{f(r['mean_val_loss'], '.4f')} | {f(r['p_faster_than_prev'], '.2g')} | "
-                     f"{f(r['speedup_vs_first'], '.2f')}x |")
+        lines.append(f"| {key} | {r.get('innovation') or r.get('name') or '-'} | {f(r['mean_ms'], '.2f', 1e-3)} | "
+                     f"{f(r.get('std_ms'), '.2f', 1e-3)} | {f(r.get('cv'), '.1f', 100)}% | "
+                     f"{f(r.get('mean_val_loss'), '.4f')} | {f(r.get('p_faster_than_prev'), '.2g')} | "
+                     f"{f(r.get('speedup_vs_first'), '.2f')}x |")
     return "\n".join(lines)
 
 
@@ -375,7 +394,7 @@ def plot_ladder(cal: dict[str, Any], out: Path) -> Path:
 
     keys = sorted(cal["records"], key=int)
     means = [cal["records"][k]["mean_ms"] / 1000 if cal["records"][k]["mean_ms"] else 0 for k in keys]
-    stds = [cal["records"][k]["std_ms"] / 1000 for k in keys]
+    stds = [(cal["records"][k].get("std_ms") or 0) / 1000 for k in keys]
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
     ax.bar([int(k) for k in keys], means, yerr=stds, capsize=3, color="#4c72b0")
     for k, m in zip(keys, means, strict=True):
@@ -385,10 +404,10 @@ def plot_ladder(cal: dict[str, Any], out: Path) -> Path:
     ax.set_xlabel("record")
     ax.set_ylabel("train time to target (s)")
     ax.set_xticks([int(k) for k in keys])
-    m = cal["machine"]
-    ax.set_title(f"{cal['suite']} ({cal['size']}), target val loss {cal.get('target_val_loss')}, "
-                 f"{cal['runs_per_record']} runs each\n{m['cpu']}, {m['threads']} thread(s), torch {m['torch']}",
-                 fontsize=9)
+    m = cal.get("machine") or {}
+    ax.set_title(f"{cal.get('suite', '?')} ({cal.get('size', '?')}), target val loss {cal.get('target_val_loss')}, "
+                 f"{cal.get('runs_per_record', '?')} runs each\n{m.get('cpu', '?')}, {m.get('threads', '?')} "
+                 f"thread(s), torch {m.get('torch', '?')}", fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
